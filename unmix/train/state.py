@@ -1,0 +1,132 @@
+"""Resumable training state: per stage, the weights, optimiser moments and step, saved atomically.
+
+Layout of the state folder (``<out>/.train_state``): ``<stage>.json`` is the commit point and names the
+``<stage>.<step>.safetensors`` file that holds every tensor. A kill at any moment leaves either the
+previous consistent pair or the new one; files of unfinished saves are ignored and cleaned up.
+Nothing is unpickled: tensors come from safetensors, the rest from JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from unmix.errors import InputError
+
+_FORMAT = "unmix-train-state/1"
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class TrainState:
+    """Save and restore the training state of each stage.
+
+    Args:
+        folder: where the state lives.
+        resume: restore saved stages; when False any old state is removed first.
+        every_seconds: ``due`` is true at most this often (and always at a stage's last step).
+        fingerprint: a string identifying the run (config and data); a saved state with another
+            fingerprint is refused on resume rather than silently mixed in.
+    """
+
+    def __init__(self, folder: Path, resume: bool, every_seconds: float = 15.0, fingerprint: str = ""):
+        self.folder = Path(folder)
+        self.every_seconds = every_seconds
+        self.fingerprint = fingerprint
+        self._last_save = time.monotonic()
+        if not resume and self.folder.exists():
+            shutil.rmtree(self.folder)
+
+    def due(self, step: int, total: int) -> bool:
+        return step == total or time.monotonic() - self._last_save >= self.every_seconds
+
+    def save(self, stage: str, step: int, modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
+             optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> None:
+        """Write ``stage``'s state at ``step`` (after ``step`` optimiser steps)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in modules.items():
+            items = module.state_dict() if isinstance(module, torch.nn.Module) else module
+            for key, value in items.items():
+                tensors[f"module/{name}/{key}"] = value.detach().cpu().contiguous()
+        for key, value in extra.items():
+            tensors[f"extra/{key}"] = value.detach().cpu().contiguous()
+        opt = optimizer.state_dict()
+        scalars: dict[str, Any] = {}
+        for index, entries in opt["state"].items():
+            for key, value in entries.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer/{index}/{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{index}/{key}"] = value
+        weights = self.folder / f"{stage}.{step}.safetensors"
+        tmp = weights.with_name(weights.name + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, weights)
+        _write_json_atomic(self.folder / f"{stage}.json", {
+            "format": _FORMAT, "stage": stage, "step": step, "weights": weights.name,
+            "fingerprint": self.fingerprint, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
+        })
+        for old in self.folder.glob(f"{stage}.*.safetensors*"):
+            if old.name != weights.name:
+                old.unlink(missing_ok=True)
+        self._last_save = time.monotonic()
+
+    def restore(self, stage: str, modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
+                optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> int:
+        """Load ``stage``'s saved state into the given objects in place; return the step to start from."""
+        meta_path = self.folder / f"{stage}.json"
+        if not meta_path.is_file():
+            return 0
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{meta_path}: not a readable training state ({exc}); remove it or run without --resume")
+        if meta.get("fingerprint") != self.fingerprint:
+            raise InputError(f"{meta_path}: saved by a run with other settings or data; "
+                             "run without --resume to start again")
+        weights = self.folder / meta["weights"]
+        try:
+            tensors = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise InputError(f"{weights}: corrupt training state ({exc}); run without --resume") from None
+        with torch.no_grad():
+            for name, module in modules.items():
+                prefix = f"module/{name}/"
+                items = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                if isinstance(module, torch.nn.Module):
+                    module.load_state_dict(items)
+                else:
+                    for key, value in items.items():
+                        module[key].copy_(value)
+            for key, value in extra.items():
+                value.copy_(tensors[f"extra/{key}"])
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer/"):
+                _, index, name = key.split("/", 2)
+                state.setdefault(int(index), {})[name] = value
+        for key, value in meta["optimizer_scalars"].items():
+            index, name = key.split("/", 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        return int(meta["step"])
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
