@@ -22,10 +22,10 @@ from unmix.errors import InputError, MissingInputError, UsageError
 class CNNConfig:
     """HybridSTU and the joint endmember fit."""
 
-    steps: int = 400
+    steps: int = 500
     lr: float = 3e-3
     lr_endmembers: float = 1e-3
-    crop: int = 64            # training crop (pixels); scenes smaller than this are padded
+    crop: int = 32            # training crop (pixels); scenes smaller than this are padded
     batch: int = 2            # crops per step for the unsupervised reconstruction loss
     synthetic_batch: int = 4  # synthetic mixtures per step (supervised abundance loss)
     synthetic_weight: float = 1.0
@@ -77,8 +77,8 @@ class TrainConfig:
     library: str = "earthlib"   # 'earthlib', 'none', or a path to an ENVI .sli
     save_every_s: float = 15.0  # resumable training state is saved at most this often (and at stage ends)
     cnn: CNNConfig = field(default_factory=CNNConfig)
-    spectra: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(batch=64))
-    abundance: DiffusionConfig = field(default_factory=DiffusionConfig)
+    spectra: DiffusionConfig = field(default_factory=DiffusionConfig)
+    abundance: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(base_channels=16))
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -91,13 +91,13 @@ class TrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "cnn": {"steps": 150, "vca_seeds": 3},
+        "cnn": {"steps": 200, "vca_seeds": 3},
         "spectra": {"steps": 150, "base_channels": 16},
-        "abundance": {"steps": 150, "base_channels": 16, "batch": 16},
+        "abundance": {"steps": 150, "batch": 16},
     },
     "default": {},
     "full": {
-        "cnn": {"steps": 3000, "vca_seeds": 10},
+        "cnn": {"steps": 3000, "vca_seeds": 10, "crop": 64},
         "spectra": {"steps": 4000, "base_channels": 48},
         "abundance": {"steps": 4000, "base_channels": 48, "crop": 64},
     },

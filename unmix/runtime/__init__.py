@@ -1,0 +1,32 @@
+"""unmix.runtime: the inference side (numpy plus one backend; never torch).
+
+- :mod:`unmix.runtime.network` — the Network protocol (``TensorSpec``, ``pipeline_specs``).
+- :mod:`unmix.runtime.tiling` — overlapping tiles and their blending.
+- :mod:`unmix.runtime.pipeline` — ``run_pipeline(scene, networks, schedule, config)``, the two-pass flow.
+
+Names are imported lazily, so ``import unmix.runtime`` costs nothing until one is used.
+"""
+from __future__ import annotations
+
+_LAZY = {
+    "Network": ("unmix.runtime.network", "Network"),
+    "NetworkSpec": ("unmix.runtime.network", "NetworkSpec"),
+    "TensorSpec": ("unmix.runtime.network", "TensorSpec"),
+    "pipeline_specs": ("unmix.runtime.network", "pipeline_specs"),
+    "PipelineConfig": ("unmix.runtime.pipeline", "PipelineConfig"),
+    "PipelineResult": ("unmix.runtime.pipeline", "PipelineResult"),
+    "predict_abundances": ("unmix.runtime.pipeline", "predict_abundances"),
+    "run_pipeline": ("unmix.runtime.pipeline", "run_pipeline"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'unmix.runtime' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

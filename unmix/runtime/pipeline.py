@@ -1,0 +1,487 @@
+"""The unmixing pipeline: two passes over the cube, tile by tile, through three Networks (numpy only).
+
+Flow (DESIGN.md, "How unmix-run flows")::
+
+    pass 1   every tile: HybridSTU -> A0 tile; blended into A0 (H, W, p)
+    stats    A^T A (p, p) and A^T Y (p, B) over the valid pixels (a read of the cube in fixed blocks)
+    E0       non-negative least squares from the statistics (or the caller's ``endmembers``)
+    round r = 0..R-1:
+      spectra  (refine_spectra) SDEdit of E: normalise, noise to ``spectra_t0``, ``spectra_steps``
+               fused 1D DDIM steps whose data consistency needs only A^T A and A^T Y
+      pass 2   every tile, every sample s < S: x = 2 A - 1 noised to ``t0``, ``steps`` fused 2D DDIM
+               steps (data consistency against the tile's Y with E fixed, simplex projection);
+               mean (and spread) over the samples, blended into A
+      stats    A^T A, A^T Y and the per-pixel RMSE of the blended A; round r + 1 starts from
+               E = NNLS(statistics of A)
+
+Conventions (the C++ core follows the same ones):
+
+- **Tiles**: :mod:`unmix.runtime.tiling` — square ``tile`` x ``tile`` windows overlapping by ``overlap``;
+  a window that runs past a small cube's edge is filled by repeating its last row/column, so every
+  network call has the static tile shape. Tile outputs are blended by a raised-cosine window.
+- **Noise**: Philox (:mod:`unmix.diffusion.noise`) at GLOBAL pixel coordinates, so a pixel's noise does
+  not depend on the tiling. Each tile draws the ``tile x tile`` window at its top-left pixel (pixels
+  past the image edge use their virtual coordinates). Counter steps: :func:`counter_step` with the
+  round index; the forward noising uses ``counter_step(K, None, r)``, DDIM step ``i``
+  ``counter_step(K, i, r)``; ``sample`` is the sample index. 2D noise is ``STREAM_ABUNDANCE`` with
+  channel = endmember; 1D noise is :func:`spectra_noise` (``STREAM_SPECTRA``, sample 0). A step whose
+  sigma is 0 gets zeros (no draw).
+- **Forward noising**: ``x_t0 = c[0, 2] * x0 + c[0, 3] * z`` in float32 with ``c`` the float32 DDIM
+  table (columns ``sqrt_alpha_bar_t``, ``sqrt_one_minus_alpha_bar_t`` of the first step, t = t0).
+- **Abundances**: ``x0 = 2 A - 1``; after the loop ``A = (x + 1) / 2``. **Spectra**: per endmember
+  ``scale_k = max_b E[k, b]`` (at least 1e-6), ``x0 = 2 E / scale - 1``, back ``E = max(scale (x + 1) / 2, 0)``.
+- **Statistics** are float64 sums over blocks of :data:`STATISTICS_BLOCK` pixels square (independent of the
+  tile size); the spectra step gets them divided by the pixel count (means), in float32.
+- **Invalid pixels** (any band not finite) are fed to HybridSTU as 0; in pass 2 their Y is replaced
+  by the current reconstruction ``A E`` (so data consistency leaves them alone); they are left out of
+  every statistic and come back as NaN in every per-pixel output.
+- **Samples**: S > 1 runs pass 2 S times per tile (different noise); the abundances are the mean,
+  the uncertainty the mean over endmembers of the per-pixel standard deviation across samples
+  (``ddof = 1``), computed per tile and blended like the abundances.
+- Outputs are on the simplex (a final Euclidean projection removes float rounding) and ``E >= 0``.
+- **Tiled = untiled**: tile outputs are rounded to float32 before blending and the blend to float32
+  before the projection, so with pixelwise networks a tiled run equals an untiled one bit for bit.
+  Networks that see context match only to a tolerance: HybridSTU exactly (to float32 rounding) for
+  pixels a receptive radius inside every covering tile; the 2D UNet nowhere exactly, because its
+  GroupNorm statistics are taken over the whole tile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from unmix.diffusion.noise import STREAM_ABUNDANCE, counter_step, gaussian, spectra_noise
+from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
+from unmix.errors import InputError, UsageError
+from unmix.io.scene import Scene
+from unmix.physics.mixing import endmembers_from_abundances
+from unmix.physics.simplex import project_simplex
+from unmix.runtime.network import Network, call_network, check_network, pipeline_specs
+from unmix.runtime.tiling import Blender, Tile, pad_to_tile, tile_grid
+
+__all__ = ["PipelineConfig", "PipelineResult", "ProgressCallback", "STATISTICS_BLOCK", "predict_abundances",
+           "run_pipeline"]
+
+STATISTICS_BLOCK = 256
+_MIN_SCALE = 1e-6
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; stages ``"cnn"`` (pass-1 tiles), ``"spectra"`` (1D DDIM steps over
+all rounds) and ``"refine"`` (pass-2 tiles over all rounds)."""
+
+
+def _int(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        upper = "" if maximum is None else f" and <= {maximum}"
+        raise UsageError(f"{name} must be >= {minimum}{upper}, got {number}")
+    return number
+
+
+def _float(value: Any, name: str, minimum: float, maximum: float | None = None) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise UsageError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not np.isfinite(number) or number < minimum or (maximum is not None and number > maximum):
+        upper = "" if maximum is None else f" and <= {maximum}"
+        raise UsageError(f"{name} must be >= {minimum}{upper}, got {value!r}")
+    return number
+
+
+@dataclass
+class PipelineConfig:
+    """Inference settings.
+
+    Attributes:
+        steps: K, 2D DDIM steps per pass 2.
+        t0: the abundance refinement starts from A noised to this timestep (``steps <= t0 + 1``).
+        eta: DDIM stochasticity of the 2D loop, 0 (deterministic) .. 1 (DDPM variance).
+        samples: S, stochastic samples per tile; S > 1 also gives the uncertainty map.
+        rounds: R, alternations of (endmembers, abundances).
+        tile: T, the networks' static tile size (must match them).
+        overlap: pixels shared by neighbouring tiles (``< tile``).
+        dc_weight: data-consistency step in units of ``1 / L`` (L the Lipschitz constant; 0 disables it).
+        spectra_steps, spectra_t0, spectra_eta: the 1D DDIM loop over the endmembers.
+        refine_spectra: run the 1D loop (else E is the NNLS estimate).
+        seed: the Philox key (0 .. 2^64 - 1).
+    """
+
+    steps: int = 10
+    t0: int = 300
+    eta: float = 0.0
+    samples: int = 1
+    rounds: int = 1
+    tile: int = 64
+    overlap: int = 16
+    dc_weight: float = 1.0
+    spectra_steps: int = 10
+    spectra_t0: int = 200
+    spectra_eta: float = 0.0
+    refine_spectra: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.steps = _int(self.steps, "steps", 1)
+        self.t0 = _int(self.t0, "t0", 0)
+        self.eta = _float(self.eta, "eta", 0.0, 1.0)
+        self.samples = _int(self.samples, "samples", 1, 65535)
+        self.rounds = _int(self.rounds, "rounds", 1)
+        self.tile = _int(self.tile, "tile", 1)
+        self.overlap = _int(self.overlap, "overlap", 0)
+        if self.overlap >= self.tile:
+            raise UsageError(f"overlap must be smaller than tile ({self.tile}), got {self.overlap}")
+        self.dc_weight = _float(self.dc_weight, "dc_weight", 0.0)
+        self.spectra_steps = _int(self.spectra_steps, "spectra_steps", 1)
+        self.spectra_t0 = _int(self.spectra_t0, "spectra_t0", 0)
+        self.spectra_eta = _float(self.spectra_eta, "spectra_eta", 0.0, 1.0)
+        if not isinstance(self.refine_spectra, (bool, np.bool_)):
+            raise UsageError(f"refine_spectra must be true or false, got {self.refine_spectra!r}")
+        self.refine_spectra = bool(self.refine_spectra)
+        self.seed = _int(self.seed, "seed", 0, 2**64 - 1)
+        counter_step(self.steps, self.steps - 1, self.rounds - 1)      # raises if the counters overflow
+        counter_step(self.spectra_steps, self.spectra_steps - 1, self.rounds - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable settings; ``PipelineConfig.from_dict(c.to_dict()) == c``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any], **overrides: Any) -> "PipelineConfig":
+        """Build from a mapping (e.g. a checkpoint's ``train.inference``), then ``overrides``.
+
+        Unknown keys raise ``UsageError``.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        merged = {**dict(settings), **overrides}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise UsageError(f"unknown inference setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return cls(**merged)
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` returns.
+
+    Attributes:
+        abundances: (H, W, p) float32, on the simplex; NaN at invalid pixels.
+        endmembers: (p, B) float32 >= 0, in the cube's reflectance units.
+        rmse: (H, W) float32 per-pixel reconstruction RMSE ``sqrt(mean_b (Y - A E)^2)``; NaN at invalid pixels.
+        uncertainty: (H, W) float32 (samples > 1): mean over endmembers of the per-pixel standard
+            deviation of the abundances across samples; None for one sample.
+        timings: seconds per stage (``cnn_s``, ``statistics_s``, ``spectra_s``, ``refine_s``, ``total_s``),
+            per network (``<name>_s``) and call counts (``<name>_calls``).
+        config: the settings used, the schedule, timesteps and shapes.
+    """
+
+    abundances: np.ndarray
+    endmembers: np.ndarray
+    rmse: np.ndarray
+    uncertainty: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class _Calls:
+    """Calls networks by name, checks their I/O and times them."""
+
+    def __init__(self, networks: Mapping[str, Network]):
+        self.networks = networks
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def __call__(self, name: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        started = time.perf_counter()
+        result = call_network(name, self.networks[name], feeds)[output]
+        self.seconds[name] += time.perf_counter() - started
+        self.counts[name] += 1
+        return result
+
+
+def _read(scene: Scene, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """The tile's valid window: (h, w, B) float32 with invalid pixels set to 0, and the (h, w) mask."""
+    data = np.asarray(scene.read_tile(tile.rows, tile.cols), dtype=np.float32)
+    valid = np.isfinite(data).all(axis=-1)
+    if not valid.all():
+        data = np.where(valid[..., None], data, np.float32(0.0))
+    return data, valid
+
+
+def _channels_first(array: np.ndarray, tile: int) -> np.ndarray:
+    """(h, w, C) -> padded (1, C, T, T) float32, contiguous."""
+    return np.ascontiguousarray(pad_to_tile(array, tile).transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | None):
+    """A^T A (p, p), A^T Y (p, B) float64 sums over valid pixels, their count, the (H, W) validity
+    mask, and (with ``endmembers``) the (H, W) float32 per-pixel RMSE (NaN where invalid)."""
+    H, W, B = scene.shape
+    p = abundances.shape[2]
+    AtA = np.zeros((p, p))
+    AtY = np.zeros((p, B))
+    count = 0
+    mask = np.zeros((H, W), dtype=bool)
+    rmse = None if endmembers is None else np.full((H, W), np.nan, dtype=np.float32)
+    E = None if endmembers is None else np.asarray(endmembers, dtype=np.float64)
+    for rows, cols in scene.tiles(STATISTICS_BLOCK):
+        cube = np.asarray(scene.read_tile(rows, cols), dtype=np.float32)
+        valid = np.isfinite(cube).all(axis=-1)
+        mask[rows, cols] = valid
+        a = abundances[rows, cols][valid].astype(np.float64)
+        y = cube[valid].astype(np.float64)
+        AtA += a.T @ a
+        AtY += a.T @ y
+        count += len(a)
+        if E is not None:
+            block = np.full(valid.shape, np.nan, dtype=np.float32)
+            block[valid] = np.sqrt(np.mean((y - a @ E) ** 2, axis=-1))
+            rmse[rows, cols] = block
+    if count == 0:
+        raise InputError(f"{scene.source or scene.name}: no pixel is finite in every band; nothing to unmix")
+    return AtA, AtY, count, mask, rmse
+
+
+def _hybridstu_shape(network: Any, scene: Scene) -> tuple[int, int]:
+    """(p, T) from HybridSTU's declared shapes; refuses a band count that differs from the cube's."""
+    cube_spec = getattr(network, "inputs", {}).get("cube")
+    head = getattr(network, "outputs", {}).get("abundances")
+    if cube_spec is None or head is None or len(cube_spec.shape) != 4 or len(head.shape) != 4:
+        raise InputError("network 'hybridstu' must declare input 'cube' (1, B, T, T) and output "
+                         "'abundances' (1, p, T, T)")
+    bands = scene.shape[2]
+    if cube_spec.shape[1] != bands:
+        raise InputError(f"{scene.source or scene.name}: the cube has {bands} bands, "
+                         f"the networks expect {cube_spec.shape[1]}")
+    return head.shape[1], head.shape[2]
+
+
+def _first_pass(calls: _Calls, scene: Scene, grid: list[Tile], p: int, tile: int, overlap: int,
+                progress: Callable[[], None]) -> np.ndarray:
+    """Pass 1: HybridSTU over every tile, blended: (H, W, p) float32."""
+    H, W, _ = scene.shape
+    blender = Blender(H, W, p, tile, overlap)
+    for window in grid:
+        cube, _ = _read(scene, window)
+        out = calls("hybridstu", {"cube": _channels_first(cube, tile)}, "abundances")
+        blender.add(window, out[0].transpose(1, 2, 0)[: window.height, : window.width])
+        progress()
+    return blender.result().astype(np.float32)
+
+
+def predict_abundances(scene: Scene, network: Network, overlap: int = 16,
+                       progress: ProgressCallback | None = None) -> np.ndarray:
+    """Pass 1 alone: the CNN's abundances A0 of the whole scene, ``(H, W, p)`` float32.
+
+    ``network`` is a ``hybridstu`` Network (input ``cube (1, B, T, T)``, output
+    ``abundances (1, p, T, T)``); tiles of T pixels overlap by ``overlap`` and are blended. Invalid
+    pixels are fed as 0 and come back as they are computed (not masked).
+    """
+    p, T = _hybridstu_shape(network, scene)
+    H, W, B = scene.shape
+    check_network("hybridstu", network, pipeline_specs(B, p, T)["hybridstu"])
+    grid = tile_grid(H, W, T, overlap)
+    return _first_pass(_Calls({"hybridstu": network}), scene, grid, p, T, overlap,
+                       _counter(progress, "cnn", len(grid)))
+
+
+def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY: np.ndarray, count: int,
+                    schedule: Schedule, cfg: PipelineConfig, round_index: int,
+                    progress: Callable[[], None]) -> np.ndarray:
+    """One SDEdit pass of the 1D prior over the (p, B) endmembers; returns (p, B) float64 >= 0."""
+    p, B = endmembers.shape
+    K = cfg.spectra_steps
+    timesteps = ddim_timesteps(schedule.T, K, cfg.spectra_t0)
+    table = ddim_coefficients(schedule, timesteps, cfg.spectra_eta).as_table()
+    scale = np.maximum(endmembers.max(axis=1), _MIN_SCALE).astype(np.float32)
+    x0 = (2.0 * endmembers.astype(np.float32) / scale[:, None] - 1.0)[:, None, :].astype(np.float32)
+    z = spectra_noise(cfg.seed, counter_step(K, None, round_index), 0, p, B)[:, None, :]
+    x = (table[0, 2] * x0 + table[0, 3] * z).astype(np.float32)
+    fixed = {"AtA": (AtA / count).astype(np.float32), "AtY": (AtY / count).astype(np.float32),
+             "scale": scale, "dc_weight": np.array([cfg.dc_weight], dtype=np.float32)}
+    for i, t in enumerate(timesteps.tolist()):
+        if table[i, 6] > 0:
+            noise = spectra_noise(cfg.seed, counter_step(K, i, round_index), 0, p, B)[:, None, :]
+        else:
+            noise = np.zeros((p, 1, B), dtype=np.float32)
+        feeds = {"x_t": x, "t": np.full((p,), t, dtype=np.float32), "coef": table[i], "noise": noise, **fixed}
+        x = calls("spectra_step", feeds, "x_prev")
+        progress()
+    return np.maximum(scale[:, None].astype(np.float64) * (x[:, 0, :].astype(np.float64) + 1.0) / 2.0, 0.0)
+
+
+def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endmembers: np.ndarray,
+                       grid: list[Tile], schedule: Schedule, cfg: PipelineConfig, round_index: int,
+                       progress: Callable[[], None]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pass 2: the 2D DDIM refinement of every tile, blended. Returns (H, W, p) float64 abundances
+    (not yet projected) and the (H, W) float64 uncertainty (or None for one sample)."""
+    H, W, p = abundances.shape
+    T, K, S = cfg.tile, cfg.steps, cfg.samples
+    timesteps = ddim_timesteps(schedule.T, K, cfg.t0)
+    table = ddim_coefficients(schedule, timesteps, cfg.eta).as_table()
+    E = endmembers.astype(np.float32)
+    fixed = {"endmembers": E, "dc_weight": np.array([cfg.dc_weight], dtype=np.float32)}
+    blender = Blender(H, W, p + (1 if S > 1 else 0), T, cfg.overlap)
+    zeros = np.zeros((1, p, T, T), dtype=np.float32)
+    for tile in grid:
+        cube, valid = _read(scene, tile)
+        current = abundances[tile.rows, tile.cols].astype(np.float32)
+        if not valid.all():
+            cube[~valid] = current[~valid] @ E
+        cube = _channels_first(cube, T)
+        x0 = 2.0 * _channels_first(current, T) - 1.0
+        rows = np.arange(tile.row0, tile.row0 + T)
+        cols = np.arange(tile.col0, tile.col0 + T)
+
+        def noise_at(step: int, sample: int) -> np.ndarray:
+            window = gaussian(cfg.seed, STREAM_ABUNDANCE, step, sample, rows, cols, p)
+            return np.ascontiguousarray(window.transpose(2, 0, 1)[None])
+
+        samples = []
+        for s in range(S):
+            z = noise_at(counter_step(K, None, round_index), s)
+            x = (table[0, 2] * x0 + table[0, 3] * z).astype(np.float32)
+            for i, t in enumerate(timesteps.tolist()):
+                noise = noise_at(counter_step(K, i, round_index), s) if table[i, 6] > 0 else zeros
+                feeds = {"x_t": x, "t": np.array([t], dtype=np.float32), "coef": table[i], "noise": noise,
+                         "cube": cube, **fixed}
+                x = calls("abundance_step", feeds, "x_prev")
+            samples.append((x[0].transpose(1, 2, 0)[: tile.height, : tile.width].astype(np.float64) + 1.0) / 2.0)
+        stack = np.stack(samples)
+        values = stack.mean(axis=0)
+        if S > 1:
+            spread = stack.std(axis=0, ddof=1).mean(axis=-1)
+            values = np.concatenate([values, spread[..., None]], axis=-1)
+        # float32 before blending: a pixel that every covering tile gives the same float32 value
+        # then blends back to exactly that value (tiled = untiled for pixelwise networks).
+        blender.add(tile, values.astype(np.float32))
+        progress()
+    blended = blender.result()
+    return blended[..., :p], (blended[..., p] if S > 1 else None)
+
+
+def _counter(progress: ProgressCallback | None, stage: str, total: int) -> Callable[[], None]:
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(stage, done, total)
+
+    return tick
+
+
+def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedule,
+                 config: PipelineConfig | None = None, progress: ProgressCallback | None = None,
+                 endmembers: np.ndarray | None = None) -> PipelineResult:
+    """Unmix ``scene`` with the three networks (module docstring for the flow and conventions).
+
+    Args:
+        scene: the (H, W, B) cube, read tile by tile.
+        networks: ``"hybridstu"``, ``"abundance_step"`` and (with ``refine_spectra``) ``"spectra_step"``,
+            each matching :func:`unmix.runtime.network.pipeline_specs` for B, p and the tile.
+            p and the tile size are read from HybridSTU's declared output ``(1, p, T, T)``.
+        schedule: the diffusion schedule the step networks were trained with.
+        config: inference settings (defaults: :class:`PipelineConfig`); ``config.tile`` must equal T.
+        progress: optional ``progress(stage, done, total)`` callback.
+        endmembers: optional (p, B) starting endmembers used instead of the NNLS estimate of pass 1.
+
+    Returns:
+        A :class:`PipelineResult`.
+    """
+    started = time.perf_counter()
+    cfg = PipelineConfig() if config is None else config
+    if not isinstance(cfg, PipelineConfig):
+        raise UsageError(f"config must be a PipelineConfig, got {type(cfg).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise UsageError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+    H, W, B = scene.shape
+    needed = ["hybridstu", "abundance_step"] + (["spectra_step"] if cfg.refine_spectra else [])
+    missing = [name for name in needed if name not in networks]
+    if missing:
+        raise UsageError(f"the pipeline needs the network {missing[0]!r}; given: {', '.join(networks) or 'none'}")
+    p, T = _hybridstu_shape(networks["hybridstu"], scene)
+    if cfg.tile != T:
+        raise UsageError(f"the networks were built for {T}x{T} tiles, but the tile setting is {cfg.tile}")
+    specs = pipeline_specs(B, p, T)
+    for name in needed:
+        check_network(name, networks[name], specs[name])
+    # Fail on bad step settings before any work.
+    timesteps = ddim_timesteps(schedule.T, cfg.steps, cfg.t0)
+    spectra_timesteps = ddim_timesteps(schedule.T, cfg.spectra_steps, cfg.spectra_t0) if cfg.refine_spectra else None
+    if endmembers is not None:
+        endmembers = np.asarray(endmembers, dtype=np.float64)
+        if endmembers.shape != (p, B) or not np.isfinite(endmembers).all() or (endmembers < 0).any():
+            raise UsageError(f"endmembers must be a finite non-negative ({p}, {B}) array, got shape {endmembers.shape}")
+
+    calls = _Calls(networks)
+    timings: dict[str, float] = {}
+    grid = tile_grid(H, W, T, cfg.overlap)
+
+    # Pass 1: HybridSTU tile by tile.
+    t = time.perf_counter()
+    abundances = _first_pass(calls, scene, grid, p, T, cfg.overlap, _counter(progress, "cnn", len(grid)))
+    timings["cnn_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    AtA, AtY, count, mask, _ = _statistics(scene, abundances, None)
+    E = endmembers if endmembers is not None else endmembers_from_abundances(AtA, AtY)
+    timings["statistics_s"] = time.perf_counter() - t
+    timings["spectra_s"] = 0.0
+    timings["refine_s"] = 0.0
+
+    spectra_tick = _counter(progress, "spectra", cfg.rounds * cfg.spectra_steps)
+    refine_tick = _counter(progress, "refine", cfg.rounds * len(grid))
+    uncertainty = None
+    rmse = None
+    for round_index in range(cfg.rounds):
+        if round_index > 0:
+            E = endmembers_from_abundances(AtA, AtY)
+        if cfg.refine_spectra:
+            t = time.perf_counter()
+            E = _refine_spectra(calls, E, AtA, AtY, count, schedule, cfg, round_index, spectra_tick)
+            timings["spectra_s"] += time.perf_counter() - t
+        E = E.astype(np.float32).astype(np.float64)   # the float32 E the step networks see
+        t = time.perf_counter()
+        refined, uncertainty = _refine_abundances(calls, scene, abundances, E, grid, schedule, cfg, round_index,
+                                                  refine_tick)
+        # float32 first (the blend of equal float32 tile values is exact only after this rounding).
+        refined = refined.astype(np.float32).astype(np.float64)
+        abundances = project_simplex(refined, axis=-1).astype(np.float32)
+        timings["refine_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        AtA, AtY, count, mask, rmse = _statistics(scene, abundances, E)
+        timings["statistics_s"] += time.perf_counter() - t
+
+    abundances[~mask] = np.nan
+    if uncertainty is not None:
+        uncertainty = uncertainty.astype(np.float32)
+        uncertainty[~mask] = np.nan
+    for name in calls.seconds:
+        timings[f"{name}_s"] = calls.seconds[name]
+        timings[f"{name}_calls"] = calls.counts[name]
+    timings["total_s"] = time.perf_counter() - started
+    settings = cfg.to_dict()
+    settings.update({
+        "schedule": schedule.to_config(),
+        "timesteps": timesteps.tolist(),
+        "spectra_timesteps": None if spectra_timesteps is None else spectra_timesteps.tolist(),
+        "shape": [H, W, B],
+        "endmembers": p,
+        "tiles": len(grid),
+        "valid_pixels": int(mask.sum()),
+        "initial_endmembers": "given" if endmembers is not None else "nnls",
+    })
+    return PipelineResult(abundances=abundances, endmembers=E.astype(np.float32), rmse=rmse,
+                          uncertainty=uncertainty, timings=timings, config=settings)

@@ -1,0 +1,121 @@
+"""Overlapping square tiles over an H x W image and their smooth blending (numpy only).
+
+Tile layout along one axis of length ``n`` with tile size ``T`` and overlap ``o`` (``0 <= o < T``):
+
+- ``n <= T``: one tile at 0 of valid length ``n``; the network still sees ``T`` pixels, the missing
+  ones filled by repeating the last row/column (:func:`pad_to_tile`) — a small cube is never refused;
+- ``n > T``: tiles start at ``0, s, 2s, ...`` with stride ``s = T - o``, the last one moved back to
+  ``n - T`` so every tile lies inside the image (the last two may overlap by more than ``o``).
+
+Blending: every tile's output is weighted by the separable window ``w(i) * w(j)`` with
+``w(i) = sin^2(pi/2 * (d + 1) / (o + 1))`` for ``d = min(i, T - 1 - i) < o`` and ``1`` otherwise
+(``d`` the distance to the tile's nearest edge): a raised-cosine ramp over the overlap, > 0
+everywhere, so each pixel is a weighted mean of every tile that covers it and seams fade out where
+a tile's network saw the least context. The accumulators are float64, so when every covering tile
+gives a pixel the same float32 value, the blend rounded to float32 is exactly that value.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from unmix.errors import UsageError
+
+__all__ = ["Blender", "Tile", "blend_window", "pad_to_tile", "tile_grid", "tile_starts"]
+
+
+def _check(size: int, tile: int, overlap: int) -> None:
+    for value, name, minimum in ((size, "image size", 1), (tile, "tile", 1), (overlap, "overlap", 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if overlap >= tile:
+        raise UsageError(f"overlap must be smaller than the tile ({tile}), got {overlap}")
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the tiles along one axis of ``size`` pixels (module docstring)."""
+    _check(size, tile, overlap)
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    starts.append(size - tile)
+    return starts
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its top-left pixel and the valid extent inside the image (``<= T`` each way)."""
+
+    row0: int
+    col0: int
+    height: int
+    width: int
+
+    @property
+    def rows(self) -> slice:
+        """Global row window of the valid part."""
+        return slice(self.row0, self.row0 + self.height)
+
+    @property
+    def cols(self) -> slice:
+        """Global column window of the valid part."""
+        return slice(self.col0, self.col0 + self.width)
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Row-major list of tiles covering an ``height x width`` image."""
+    rows = tile_starts(height, tile, overlap)
+    cols = tile_starts(width, tile, overlap)
+    return [Tile(r, c, min(tile, height), min(tile, width)) for r in rows for c in cols]
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """The 1D blend window ``(T,)`` float64 (module docstring); all ones when ``overlap == 0``."""
+    _check(tile, tile, overlap)
+    distance = np.minimum(np.arange(tile), tile - 1 - np.arange(tile))
+    ramp = np.sin(0.5 * math.pi * (distance + 1) / (overlap + 1)) ** 2
+    return np.where(distance < overlap, ramp, 1.0)
+
+
+def pad_to_tile(array: np.ndarray, tile: int) -> np.ndarray:
+    """Pad the first two axes of ``(h, w, ...)`` to ``(T, T, ...)`` by repeating the last row/column.
+
+    Returns the array itself when it already is ``T x T``.
+    """
+    h, w = array.shape[:2]
+    if h > tile or w > tile:
+        raise UsageError(f"a {h}x{w} window does not fit a {tile}x{tile} tile")
+    if (h, w) == (tile, tile):
+        return array
+    widths = [(0, tile - h), (0, tile - w)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, widths, mode="edge")
+
+
+class Blender:
+    """Accumulates weighted tile outputs into an ``(H, W, C)`` image.
+
+    ``add(tile, values)`` takes the tile's valid ``(tile.height, tile.width, C)`` values;
+    ``result()`` returns the weighted mean, float64 ``(H, W, C)``. Every pixel must be covered.
+    """
+
+    def __init__(self, height: int, width: int, channels: int, tile: int, overlap: int):
+        window = blend_window(tile, overlap)
+        self.weights = np.outer(window, window)
+        self.sum = np.zeros((height, width, channels), dtype=np.float64)
+        self.weight_sum = np.zeros((height, width), dtype=np.float64)
+
+    def add(self, tile: Tile, values: np.ndarray) -> None:
+        expected = (tile.height, tile.width, self.sum.shape[2])
+        if values.shape != expected:
+            raise ValueError(f"tile values have shape {values.shape}, expected {expected}")
+        weights = self.weights[: tile.height, : tile.width]
+        self.sum[tile.rows, tile.cols] += weights[..., None] * values
+        self.weight_sum[tile.rows, tile.cols] += weights
+
+    def result(self) -> np.ndarray:
+        if not np.all(self.weight_sum > 0):
+            raise ValueError("some pixels were covered by no tile")
+        return self.sum / self.weight_sum[..., None]

@@ -1,0 +1,269 @@
+"""Fused DDIM steps: the denoiser, the DDIM update, data consistency and the constraints in one graph.
+
+These modules are what ``unmix.export`` writes to ONNX and what the runtime and the C++ core run, one
+call per DDIM step, the host loop only feeding buffers (DESIGN.md, "Fused step"). They are built for
+export: static shapes, no Python branch on tensor values, no in-place change of an input, and only
+opset-20 ops (the simplex projection sorts with ``torch.sort``, which exports as TopK). Everything
+after the denoiser is float32, also when the denoiser itself runs in fp16.
+
+Notation: ``c`` is one row of the DDIM table (:meth:`unmix.diffusion.schedule.DDIMCoefficients.as_table`,
+columns :data:`unmix.diffusion.schedule.TABLE_COLUMNS`): ``c[2] = sqrt(alpha_bar_t)``,
+``c[3] = sqrt(1 - alpha_bar_t)``, ``c[4] = sqrt(alpha_bar_prev)``, ``c[5] = dir_coef =
+sqrt(1 - alpha_bar_prev - sigma^2)``, ``c[6] = sigma``, ``c[7..10]`` give ``x0_hat`` and ``eps_hat``
+from ``(x_t, out)`` for either prediction target (epsilon or v).
+
+The Lipschitz constant of the data term: the gradient of ``1/2 ||Y - A E||^2`` in A is
+``(A E - Y) E^T``, Lipschitz with ``L = lambda_max(E E^T)``; for the 1D term ``1/2 ||Y - A E||^2`` in E,
+``L = lambda_max(A^T A)``. Both use :func:`spectral_norm_bound`, an upper bound that is tight to a
+factor ``p^(1/16)`` (< 1.15 for p <= 9), so a step of ``dc_weight / L`` with ``dc_weight <= 1`` never
+exceeds the classic ``1 / lambda_max`` step of projected gradient descent.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from unmix.errors import InputError, UsageError
+from unmix.runtime.network import NetworkSpec, TensorSpec, pipeline_specs
+
+__all__ = [
+    "AbundanceStep",
+    "SpectraStep",
+    "TorchNetwork",
+    "example_inputs",
+    "fused_modules",
+    "load_torch_networks",
+    "project_simplex",
+    "spectral_norm_bound",
+]
+
+_TINY = 1e-12
+SQUARINGS = 3
+
+
+def spectral_norm_bound(gram: torch.Tensor, squarings: int = SQUARINGS) -> torch.Tensor:
+    """Upper bound of ``lambda_max`` of a symmetric PSD ``(p, p)`` matrix; returns shape ``(1,)``.
+
+    With ``tau = trace(G)`` (clamped to >= 1e-12) and ``M = (G / tau)^(2^s)`` by ``s`` repeated
+    squarings::
+
+        bound = max(tau * ||M||_F ^ (1 / 2^s), 1e-12)
+
+    Since ``||G^k||_F = sqrt(sum_i lambda_i^(2k))``, ``lambda_max <= bound <= p^(1 / 2^(s+1)) lambda_max``
+    (s = 3: within ``p^(1/16)``). Dividing by the trace first keeps every entry in [0, 1]: no overflow in
+    float32. The floor keeps ``dc_weight / bound`` finite for an all-zero matrix (whose gradient is 0).
+    A handful of p x p products: cheap, and static in the graph.
+    """
+    gram = gram.float()
+    trace = torch.diagonal(gram).sum().clamp_min(_TINY)
+    power = gram / trace
+    for _ in range(squarings):
+        power = power @ power
+    frobenius = torch.sqrt((power * power).sum())
+    return (trace * frobenius.pow(1.0 / 2 ** squarings)).clamp_min(_TINY).reshape(1)
+
+
+def project_simplex(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Euclidean projection of every vector along ``dim`` onto ``{a >= 0, sum(a) = 1}``.
+
+    Sort-based (Held, Wolfe & Crowder 1974): with ``u`` the values sorted in descending order and
+    ``S_k = u_1 + ... + u_k``, the threshold is ``theta = max_k (S_k - 1) / k`` (the maximum sits at
+    the support size rho, because ``(S_k - 1) / k`` increases exactly while ``u_k > (S_k - 1) / k``),
+    and the projection is ``max(v - theta, 0)``. ``torch.sort`` exports as TopK, ``cumsum`` as
+    CumSum, the max as ReduceMax: no gather, no data-dependent shape.
+    """
+    p = values.shape[dim]
+    ordered = torch.sort(values, dim=dim, descending=True).values
+    shape = [1] * values.ndim
+    shape[dim] = p
+    k = torch.arange(1, p + 1, dtype=values.dtype, device=values.device).reshape(shape)
+    theta = ((torch.cumsum(ordered, dim=dim) - 1.0) / k).amax(dim=dim, keepdim=True)
+    return (values - theta).clamp_min(0.0)
+
+
+def _ddim_update(x_t: torch.Tensor, x0_hat: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``eps_hat = (x_t - c[2] x0_hat) / c[3]``; ``x_prev = c[4] x0_hat + c[5] eps_hat + c[6] noise``."""
+    eps_hat = (x_t - coef[2] * x0_hat) / coef[3]
+    return coef[4] * x0_hat + coef[5] * eps_hat + coef[6] * noise
+
+
+class AbundanceStep(nn.Module):
+    """One fused 2D DDIM step over abundance maps, with data consistency and the simplex constraint.
+
+    ``forward(x_t (N, p, h, w), t (N,), coef (13,), noise (N, p, h, w), cube (N, B, h, w),
+    endmembers (p, B), dc_weight (1,)) -> x_prev (N, p, h, w)``, all float32; ``x = 2 A - 1``.
+
+    Formulas (per pixel; ``a`` the p-vector of abundances, ``y`` the B-vector of reflectance)::
+
+        out     = unet(x_t, t)
+        x0_hat  = c[7] x_t + c[8] out
+        a_hat   = (x0_hat + 1) / 2
+        G       = E E^T                                  (p, p)
+        L       = spectral_norm_bound(G)                 (>= lambda_max(G))
+        a_dc    = a_hat - (dc_weight / L) (G a_hat - E y)       = a_hat - step (a_hat E - y) E^T
+        a_new   = project_simplex(a_dc)                  (over the p endmembers)
+        x0_new  = 2 a_new - 1
+        eps_new = (x_t - c[2] x0_new) / c[3]             (the noise consistent with x0_new)
+        x_prev  = c[4] x0_new + c[5] eps_new + c[6] noise
+
+    On the last step (``alpha_bar_prev = 1``: ``c[4] = 1``, ``c[5] = c[6] = 0``) ``x_prev = x0_new``
+    exactly: the clean, projected estimate.
+    """
+
+    def __init__(self, unet: nn.Module, endmembers_count: int):
+        super().__init__()
+        channels = getattr(unet, "config", lambda: {})().get("in_channels")
+        if channels is not None and channels != endmembers_count:
+            raise UsageError(f"the abundance UNet has {channels} channels, expected {endmembers_count} endmembers")
+        self.unet = unet
+        self.endmembers_count = int(endmembers_count)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor,
+                cube: torch.Tensor, endmembers: torch.Tensor, dc_weight: torch.Tensor) -> torch.Tensor:
+        n, p, h, w = x_t.shape
+        bands = endmembers.shape[1]
+        out = self.unet(x_t, t).float()
+        x0_hat = coef[7] * x_t + coef[8] * out
+        abundances = ((x0_hat + 1.0) * 0.5).reshape(n, p, h * w)
+        gram = endmembers @ endmembers.transpose(0, 1)
+        step = dc_weight / spectral_norm_bound(gram)
+        gradient = torch.matmul(gram, abundances) - torch.matmul(endmembers, cube.reshape(n, bands, h * w))
+        abundances = project_simplex(abundances - step * gradient, dim=1).reshape(n, p, h, w)
+        return _ddim_update(x_t, 2.0 * abundances - 1.0, coef, noise)
+
+
+class SpectraStep(nn.Module):
+    """One fused 1D DDIM step over the p endmember spectra, with data consistency and E >= 0.
+
+    ``forward(x_t (p, 1, B), t (p,), coef (13,), noise (p, 1, B), AtA (p, p), AtY (p, B), scale (p,),
+    dc_weight (1,)) -> x_prev (p, 1, B)``, all float32. Spectra are normalised per endmember,
+    ``x = 2 E / scale - 1`` with ``scale_k`` the maximum of endmember k. ``AtA`` and ``AtY`` are the
+    sufficient statistics of the abundances (any common factor, e.g. divided by the pixel count).
+
+    Formulas (``s`` = scale as a column, clamped to >= 1e-12)::
+
+        out     = unet(x_t, t)
+        x0_hat  = c[7] x_t + c[8] out
+        E_hat   = s (x0_hat + 1) / 2                     (p, B)
+        L       = spectral_norm_bound(AtA)               (>= lambda_max(AtA))
+        E_new   = max(E_hat - (dc_weight / L) (AtA E_hat - AtY), 0)
+        x0_new  = 2 E_new / s - 1
+        eps_new = (x_t - c[2] x0_new) / c[3]
+        x_prev  = c[4] x0_new + c[5] eps_new + c[6] noise
+
+    ``AtA E - AtY`` is the gradient of ``1/2 ||Y - A E||^2`` (up to the common factor), so the pixels
+    are never needed.
+    """
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        channels = getattr(unet, "config", lambda: {})().get("in_channels")
+        if channels is not None and channels != 1:
+            raise UsageError(f"the spectra UNet must have 1 channel, got {channels}")
+        self.unet = unet
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor,
+                AtA: torch.Tensor, AtY: torch.Tensor, scale: torch.Tensor, dc_weight: torch.Tensor) -> torch.Tensor:
+        out = self.unet(x_t, t).float()
+        x0_hat = coef[7] * x_t + coef[8] * out
+        scale = scale.clamp_min(_TINY).unsqueeze(1)
+        spectra = scale * (x0_hat[:, 0, :] + 1.0) * 0.5
+        step = dc_weight / spectral_norm_bound(AtA)
+        spectra = (spectra - step * (AtA @ spectra - AtY)).clamp_min(0.0)
+        x0_new = (2.0 * spectra / scale - 1.0).unsqueeze(1)
+        return _ddim_update(x_t, x0_new, coef, noise)
+
+
+# --------------------------------------------------------------------------------------------------
+# The torch adapter of runtime's Network protocol
+# --------------------------------------------------------------------------------------------------
+
+class TorchNetwork:
+    """Runs an eager torch module as a :class:`unmix.runtime.network.Network`.
+
+    Args:
+        module: called as ``module(*inputs)`` in the order of ``inputs``; returns one tensor or a tuple
+            in the order of ``outputs``. Put in eval mode.
+        inputs, outputs: name -> :class:`TensorSpec` (e.g. from :func:`unmix.runtime.network.pipeline_specs`).
+        device: where the module runs (default: where its parameters are, else CPU).
+
+    ``network(feeds)`` converts the numpy feeds to tensors, runs under ``torch.inference_mode`` and
+    returns float32 (or the declared dtype) numpy arrays that own their memory.
+    """
+
+    def __init__(self, module: nn.Module, inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec],
+                 device: str | torch.device | None = None):
+        if not inputs or not outputs:
+            raise UsageError("a TorchNetwork needs at least one input and one output")
+        self.module = module.eval()
+        self.inputs = dict(inputs)
+        self.outputs = dict(outputs)
+        if device is None:
+            first = next(iter(module.parameters()), None)
+            device = first.device if first is not None else torch.device("cpu")
+        self.device = torch.device(device)
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = []
+        for name, spec in self.inputs.items():
+            if name not in feeds:
+                raise InputError(f"TorchNetwork: input {name!r} is missing")
+            array = np.ascontiguousarray(feeds[name], dtype=np.dtype(spec.dtype))
+            if not array.flags.writeable:      # torch.from_numpy warns about read-only buffers
+                array = array.copy()
+            tensors.append(torch.from_numpy(array).to(self.device))
+        with torch.inference_mode():
+            result = self.module(*tensors)
+        results = (result,) if isinstance(result, torch.Tensor) else tuple(result)
+        if len(results) != len(self.outputs):
+            raise InputError(f"TorchNetwork: the module returned {len(results)} outputs, expected {len(self.outputs)}")
+        return {name: tensor.detach().to("cpu", getattr(torch, spec.dtype)).numpy().copy()
+                for (name, spec), tensor in zip(self.outputs.items(), results)}
+
+
+def fused_modules(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    """The pipeline's three modules from a checkpoint's networks.
+
+    ``models`` needs ``"hybridstu"`` (HybridSTU), ``"abundance"`` (ResUNet dims=2) and ``"spectra"``
+    (ResUNet dims=1); returns ``{"hybridstu": HybridSTU, "abundance_step": AbundanceStep,
+    "spectra_step": SpectraStep}`` in eval mode (the modules share the checkpoint's weights).
+    """
+    missing = [name for name in ("hybridstu", "abundance", "spectra") if name not in models]
+    if missing:
+        raise InputError(f"the checkpoint lacks the network {missing[0]!r} "
+                         "(train all stages, or the missing one with --stage)")
+    p = models["hybridstu"].endmembers
+    return {"hybridstu": models["hybridstu"].eval(),
+            "abundance_step": AbundanceStep(models["abundance"], p).eval(),
+            "spectra_step": SpectraStep(models["spectra"]).eval()}
+
+
+def example_inputs(spec: NetworkSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random tensors matching ``spec.inputs`` in call order (for export and checks); free axes get 1."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.rand(tuple(1 if s == -1 else s for s in item.shape), generator=gen,
+                            dtype=getattr(torch, item.dtype)) for item in spec.inputs.values())
+
+
+def load_torch_networks(checkpoint_dir: str | os.PathLike, tile: int, ema: bool = False,
+                        device: str | torch.device = "cpu") -> tuple[dict[str, TorchNetwork], dict[str, Any]]:
+    """Eager Networks for :func:`unmix.runtime.pipeline.run_pipeline` from a checkpoint folder.
+
+    Returns ``(networks, config)``: ``"hybridstu"``, ``"abundance_step"`` and ``"spectra_step"`` as
+    :class:`TorchNetwork` with the static shapes of ``pipeline_specs(B, p, tile)``, and the
+    checkpoint's ``config.json`` (``Schedule.from_config(config["schedule"])`` rebuilds the schedule;
+    ``config["train"]["inference"]`` holds the recorded inference settings).
+    """
+    from unmix.train.checkpoint import load_checkpoint
+
+    models, config = load_checkpoint(checkpoint_dir, ema=ema, map_location=device)
+    modules = fused_modules(models)
+    hybridstu = modules["hybridstu"]
+    specs = pipeline_specs(hybridstu.bands, hybridstu.endmembers, tile)
+    networks = {name: TorchNetwork(module, specs[name].inputs, specs[name].outputs, device=device)
+                for name, module in modules.items()}
+    return networks, config
