@@ -19,8 +19,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	@touch $@
 
+# The main job: a synthetic ENVI cube -> unmix-train (tiny) -> unmix-export (ONNX) -> unmix-run on
+# ONNX Runtime CPU -> unmix-eval against the truth, beside the baselines.
 demo: venv
-	$(BIN)/python examples/demo.py --out $(DEMO)
+	$(BIN)/python examples/demo.py scene --out $(DEMO)
+	$(BIN)/unmix-train $(DEMO)/scene.hdr --endmembers 4 --preset tiny --out $(DEMO)/checkpoint --quiet
+	$(BIN)/unmix-export $(DEMO)/checkpoint --out $(DEMO)/model
+	$(BIN)/unmix-run $(DEMO)/scene.hdr --model $(DEMO)/model --out $(DEMO)/result --backend onnxruntime --quiet
+	$(BIN)/python examples/demo.py baselines --out $(DEMO)
+	@echo "unmix (HybridSTU + diffusion, ONNX Runtime CPU):"
+	$(BIN)/unmix-eval $(DEMO)/result/scene --truth $(DEMO)/truth.npz --cube $(DEMO)/scene.hdr
 
 test: venv
 	$(BIN)/python -m pytest -q

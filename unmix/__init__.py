@@ -4,6 +4,7 @@ The public faces are imported lazily so that ``import unmix`` stays light on edg
 
 - ``unmix.read_cube(path) -> Scene``: a lazy ENVI cube.
 - ``unmix.evaluate(estimate, truth) -> dict``: the metrics of DESIGN.md after Hungarian alignment.
+- ``unmix.Unmixer.load(model_dir, backend=...).run(cube) -> Result``: the edge runtime.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ _LAZY = {
     "read_cube": ("unmix.io.envi", "read_cube"),
     "Scene": ("unmix.io.scene", "Scene"),
     "evaluate": ("unmix.physics.metrics", "evaluate"),
+    "Unmixer": ("unmix.runtime.unmixer", "Unmixer"),
 }
 
 

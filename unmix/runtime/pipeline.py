@@ -37,7 +37,8 @@ Conventions (the C++ core follows the same ones):
   every statistic and come back as NaN in every per-pixel output.
 - **Samples**: S > 1 runs pass 2 S times per tile (different noise); the abundances are the mean,
   the uncertainty the mean over endmembers of the per-pixel standard deviation across samples
-  (``ddof = 1``), computed per tile and blended like the abundances.
+  (``ddof = 1``), computed per tile and blended like the abundances; the per-endmember standard
+  deviations are blended the same way (``uncertainty_per_endmember``).
 - Outputs are on the simplex (a final Euclidean projection removes float rounding) and ``E >= 0``.
 - **Tiled = untiled**: tile outputs are rounded to float32 before blending and the blend to float32
   before the projection, so with pixelwise networks a tiled run equals an untiled one bit for bit.
@@ -180,6 +181,9 @@ class PipelineResult:
         rmse: (H, W) float32 per-pixel reconstruction RMSE ``sqrt(mean_b (Y - A E)^2)``; NaN at invalid pixels.
         uncertainty: (H, W) float32 (samples > 1): mean over endmembers of the per-pixel standard
             deviation of the abundances across samples; None for one sample.
+        uncertainty_per_endmember: (H, W, p) float32 (samples > 1): the per-pixel, per-endmember
+            standard deviation across samples (``ddof = 1``) of the last round, blended like the
+            abundances; NaN at invalid pixels; None for one sample.
         timings: seconds per stage (``cnn_s``, ``statistics_s``, ``spectra_s``, ``refine_s``, ``total_s``),
             per network (``<name>_s``) and call counts (``<name>_calls``).
         config: the settings used, the schedule, timesteps and shapes.
@@ -191,6 +195,7 @@ class PipelineResult:
     uncertainty: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    uncertainty_per_endmember: np.ndarray | None = None
 
 
 class _Calls:
@@ -322,16 +327,18 @@ def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY:
 
 def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endmembers: np.ndarray,
                        grid: list[Tile], schedule: Schedule, cfg: PipelineConfig, round_index: int,
-                       progress: Callable[[], None]) -> tuple[np.ndarray, np.ndarray | None]:
+                       progress: Callable[[], None]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Pass 2: the 2D DDIM refinement of every tile, blended. Returns (H, W, p) float64 abundances
-    (not yet projected) and the (H, W) float64 uncertainty (or None for one sample)."""
+    (not yet projected), the (H, W) float64 uncertainty and the (H, W, p) per-endmember standard
+    deviation (both None for one sample)."""
     H, W, p = abundances.shape
     T, K, S = cfg.tile, cfg.steps, cfg.samples
     timesteps = ddim_timesteps(schedule.T, K, cfg.t0)
     table = ddim_coefficients(schedule, timesteps, cfg.eta).as_table()
     E = endmembers.astype(np.float32)
     fixed = {"endmembers": E, "dc_weight": np.array([cfg.dc_weight], dtype=np.float32)}
-    blender = Blender(H, W, p + (1 if S > 1 else 0), T, cfg.overlap)
+    # Blended channels: p means, then (S > 1) the mean spread and p per-endmember spreads.
+    blender = Blender(H, W, p + (1 + p if S > 1 else 0), T, cfg.overlap)
     zeros = np.zeros((1, p, T, T), dtype=np.float32)
     for tile in grid:
         cube, valid = _read(scene, tile)
@@ -360,14 +367,16 @@ def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endm
         stack = np.stack(samples)
         values = stack.mean(axis=0)
         if S > 1:
-            spread = stack.std(axis=0, ddof=1).mean(axis=-1)
-            values = np.concatenate([values, spread[..., None]], axis=-1)
+            spread = stack.std(axis=0, ddof=1)
+            values = np.concatenate([values, spread.mean(axis=-1)[..., None], spread], axis=-1)
         # float32 before blending: a pixel that every covering tile gives the same float32 value
         # then blends back to exactly that value (tiled = untiled for pixelwise networks).
         blender.add(tile, values.astype(np.float32))
         progress()
     blended = blender.result()
-    return blended[..., :p], (blended[..., p] if S > 1 else None)
+    if S == 1:
+        return blended, None, None
+    return blended[..., :p], blended[..., p], blended[..., p + 1:]
 
 
 def _counter(progress: ProgressCallback | None, stage: str, total: int) -> Callable[[], None]:
@@ -443,7 +452,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
 
     spectra_tick = _counter(progress, "spectra", cfg.rounds * cfg.spectra_steps)
     refine_tick = _counter(progress, "refine", cfg.rounds * len(grid))
-    uncertainty = None
+    uncertainty = per_endmember = None
     rmse = None
     for round_index in range(cfg.rounds):
         if round_index > 0:
@@ -454,7 +463,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
             timings["spectra_s"] += time.perf_counter() - t
         E = E.astype(np.float32).astype(np.float64)   # the float32 E the step networks see
         t = time.perf_counter()
-        refined, uncertainty = _refine_abundances(calls, scene, abundances, E, grid, schedule, cfg, round_index,
+        refined, uncertainty, per_endmember = _refine_abundances(calls, scene, abundances, E, grid, schedule, cfg, round_index,
                                                   refine_tick)
         # float32 first (the blend of equal float32 tile values is exact only after this rounding).
         refined = refined.astype(np.float32).astype(np.float64)
@@ -468,6 +477,8 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
     if uncertainty is not None:
         uncertainty = uncertainty.astype(np.float32)
         uncertainty[~mask] = np.nan
+        per_endmember = per_endmember.astype(np.float32)
+        per_endmember[~mask] = np.nan
     for name in calls.seconds:
         timings[f"{name}_s"] = calls.seconds[name]
         timings[f"{name}_calls"] = calls.counts[name]
@@ -484,4 +495,5 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         "initial_endmembers": "given" if endmembers is not None else "nnls",
     })
     return PipelineResult(abundances=abundances, endmembers=E.astype(np.float32), rmse=rmse,
-                          uncertainty=uncertainty, timings=timings, config=settings)
+                          uncertainty=uncertainty, timings=timings, config=settings,
+                          uncertainty_per_endmember=per_endmember)

@@ -1,0 +1,37 @@
+"""unmix.export: a checkpoint's networks as ONNX graphs plus ``manifest.json`` (torch + onnx).
+
+- :func:`export` (:mod:`unmix.export.onnx_export`): ``export(checkpoint_dir, out_dir, fp16=False,
+  tile=64, batch=1, check=True) -> manifest dict`` — one graph per pipeline network, checked and
+  cached by content.
+- :class:`ExportContract` / :func:`export_contracts`: each network's names, static shapes, dtypes and
+  sample inputs.
+- :func:`build_manifest` (:mod:`unmix.export.manifest`): the manifest document; the schema and its
+  reader live in :mod:`unmix.runtime.manifest` (the runtime reads it without torch).
+
+Names are imported lazily, so ``import unmix.export`` does not import torch until one is used.
+"""
+from __future__ import annotations
+
+_LAZY = {
+    "export": ("unmix.export.onnx_export", "export"),
+    "ExportContract": ("unmix.export.onnx_export", "ExportContract"),
+    "ExportCheckError": ("unmix.export.onnx_export", "ExportCheckError"),
+    "export_contracts": ("unmix.export.onnx_export", "export_contracts"),
+    "precision_report": ("unmix.export.onnx_export", "precision_report"),
+    "FP16_TOLERANCE": ("unmix.export.onnx_export", "FP16_TOLERANCE"),
+    "FP32_TOLERANCE": ("unmix.export.onnx_export", "FP32_TOLERANCE"),
+    "build_manifest": ("unmix.export.manifest", "build_manifest"),
+    "package_versions": ("unmix.export.manifest", "package_versions"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'unmix.export' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,43 @@
+"""``unmix-export``: trace a checkpoint's networks to ONNX (see ``unmix-export --help``)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from unmix.errors import report_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Model folder to write. [default: CHECKPOINT/model]")
+@click.option("--fp16", is_flag=True, help="Mixed precision: fp16 weights and activations; timestep embedding, "
+                                          "norm statistics, softmax and the DDIM update stay float32.")
+@click.option("--tile", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Static tile size (pixels) of the exported networks.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Tiles per network call.")
+@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check against torch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
+@report_errors("unmix-export")
+def main(checkpoint, out, fp16, tile, batch, no_check, as_json):
+    """Export the networks of CHECKPOINT (written by unmix-train) to ONNX with a manifest.
+
+    HybridSTU is exported as is; each diffusion network is exported as one fused DDIM step (network,
+    update, data consistency and constraints in one graph), so every backend and the C++ runtime run
+    identical math. Unchanged exports are skipped (cached by content hash).
+    """
+    from unmix.export import export
+
+    out = out if out is not None else checkpoint / "model"
+    manifest = export(checkpoint, out, fp16=fp16, tile=tile, batch=batch, check=not no_check)
+    print(f"unmix-export: {checkpoint} -> {out}", file=sys.stderr)
+    if as_json:
+        json.dump(manifest, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

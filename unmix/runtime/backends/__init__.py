@@ -1,0 +1,142 @@
+"""Inference backends: exported ONNX graphs as :class:`unmix.runtime.network.Network` objects.
+
+- ``onnxruntime`` (extra ``cpu``, or ``gpu`` for CUDA): :mod:`.onnxruntime_backend`.
+- ``openvino`` (extra ``openvino``): :mod:`.openvino_backend`.
+
+:func:`load_network` opens one graph file against its declared I/O (a :class:`NetworkSpec` or a
+manifest :class:`~unmix.runtime.manifest.NetworkEntry`); :func:`load_networks` opens the networks of
+an exported model folder, checking each file's sha256 first. A backend whose package is missing is
+refused with one line naming the extra to install. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from unmix.errors import InputError, MissingInputError, UsageError
+from unmix.runtime.network import Network, TensorSpec
+
+__all__ = ["BACKENDS", "available_backends", "load_network", "load_networks"]
+
+# backend name -> (module to import, the extra that installs it)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("onnxruntime", "pip install 'unmix[cpu]' (or 'unmix[gpu]' for CUDA)"),
+    "openvino": ("openvino", "pip install 'unmix[openvino]'"),
+}
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose package is installed, in order of preference."""
+    found = []
+    for name, (module, _) in BACKENDS.items():
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found.append(name)
+        except (ImportError, ValueError):  # a broken or shadowed install
+            continue
+    return found
+
+
+def _import_backend(backend: str):
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        from unmix.runtime.backends import onnxruntime_backend as module
+    else:
+        from unmix.runtime.backends import openvino_backend as module
+    return module
+
+
+def _io(spec: Any, kind: str) -> dict[str, TensorSpec]:
+    declared = getattr(spec, kind, None)
+    if not isinstance(declared, Mapping) or not declared or not all(
+            isinstance(v, TensorSpec) for v in declared.values()):
+        raise UsageError(f"the network spec must declare {kind} as a name -> TensorSpec mapping, "
+                         f"got {declared!r}")
+    return dict(declared)
+
+
+def load_network(path: str | os.PathLike, spec: Any, backend: str = "onnxruntime", threads: int | None = None,
+                 device: str = "cpu", name: str | None = None) -> Network:
+    """Open an ONNX graph as a Network.
+
+    Args:
+        path: the ``.onnx`` file.
+        spec: its declared I/O: anything with ``inputs`` and ``outputs`` (name -> TensorSpec), e.g. a
+            :class:`NetworkSpec` or a manifest ``NetworkEntry``. The graph's own inputs and outputs
+            must match it (names, static shapes, dtypes), and every call's feeds are checked against it.
+        backend: ``"onnxruntime"`` or ``"openvino"``.
+        threads: intra-op threads (None: the backend's default, usually one per core).
+        device: ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (ONNX Runtime with onnxruntime-gpu); ``"gpu"`` /
+            ``"npu"`` (OpenVINO devices).
+        name: the network's name in messages (default: the file stem).
+
+    Raises:
+        UsageError: unknown backend or device, bad ``threads``, or the backend package is not installed
+            (the message names the extra to install).
+        MissingInputError: the file does not exist.
+        InputError: the file is not a loadable ONNX graph, or its I/O differs from ``spec``.
+    """
+    module = _import_backend(backend)
+    path = Path(path)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
+    if not isinstance(device, str) or not device:
+        raise UsageError(f"device must be a string such as 'cpu', got {device!r}")
+    if not path.is_file():
+        raise MissingInputError(f"{path}: network file not found")
+    inputs, outputs = _io(spec, "inputs"), _io(spec, "outputs")
+    return module.open_network(path, inputs, outputs, threads=threads, device=device.lower(),
+                               name=name or path.stem)
+
+
+def load_networks(manifest: Any, backend: str = "onnxruntime", threads: int | None = None, device: str = "cpu",
+                  names: list[str] | None = None, precision: str | None = None) -> dict[str, Network]:
+    """Open the networks of an exported model (a :class:`~unmix.runtime.manifest.Manifest` or its folder).
+
+    Each file's sha256 is checked against the manifest before it is opened. ``names`` picks networks
+    (default: all); ``precision="fp32"`` opens the fp32 reference graphs of an fp16 export.
+    """
+    from unmix.runtime.manifest import Manifest, load_manifest
+
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
+    chosen = list(manifest.networks) if names is None else list(names)
+    networks: dict[str, Network] = {}
+    for name in chosen:
+        entry = manifest.network(name)
+        path = manifest.network_file(name, precision)
+        networks[name] = load_network(path, entry, backend=backend, threads=threads, device=device, name=name)
+    return networks
+
+
+def describe_mismatch(path: Path, kind: str, name: str, got: str, spec: TensorSpec | None) -> InputError:
+    """The error for a graph whose declared I/O differs from the manifest's."""
+    if spec is None:
+        return InputError(f"{path}: the graph has the {kind} {name!r}, which the manifest does not declare")
+    return InputError(f"{path}: graph {kind} {name!r} is {got}, the manifest declares {spec}")
+
+
+def check_graph_io(path: Path, kind: str, graph: Mapping[str, tuple[tuple, str]],
+                   declared: Mapping[str, TensorSpec]) -> None:
+    """Compare a graph's ``name -> (shape, dtype)`` with the declared specs (InputError naming the file).
+
+    Graph shapes may hold None for a dimension the graph leaves free; a declared static size fits it.
+    """
+    for name, spec in declared.items():
+        if name not in graph:
+            raise InputError(f"{path}: the graph has no {kind} {name!r} (it has {', '.join(graph) or 'none'}); "
+                             "the manifest does not match this file")
+    for name, (shape, dtype) in graph.items():
+        spec = declared.get(name)
+        got = f"{dtype}{list(shape)}"
+        if spec is None:
+            if kind == "input":
+                raise describe_mismatch(path, kind, name, got, None)
+            continue
+        fits = dtype == spec.dtype and len(shape) == len(spec.shape) and all(
+            g is None or w == -1 or g == w for g, w in zip(shape, spec.shape))
+        if not fits:
+            raise describe_mismatch(path, kind, name, got, spec)

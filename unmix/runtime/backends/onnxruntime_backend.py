@@ -1,0 +1,110 @@
+"""ONNX Runtime backend: one ``InferenceSession`` per network.
+
+CPU execution provider by default (``threads`` sets the intra-op pool; one inter-op thread, sequential
+execution); ``device="cuda"`` (or ``"cuda:N"``) uses the CUDA execution provider of onnxruntime-gpu and
+is refused when that provider is not available. Graph optimisation level: all.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from unmix.errors import InputError, UsageError
+from unmix.runtime.network import TensorSpec, check_feeds
+
+__all__ = ["OnnxRuntimeNetwork", "open_network"]
+
+_EXTRA = "pip install 'unmix[cpu]' (or 'unmix[gpu]' for CUDA)"
+_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+          "tensor(int32)": "int32", "tensor(double)": "float64"}
+
+
+def _import():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UsageError(f"the onnxruntime backend is not installed: {_EXTRA}") from None
+    return onnxruntime
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OnnxRuntimeNetwork:
+    """An ONNX graph run by ONNX Runtime, as a :class:`unmix.runtime.network.Network`.
+
+    ``network(feeds)`` checks every declared input (dtype and static shape; extra keys are ignored),
+    runs the session and returns new arrays (ONNX Runtime allocates them per call). Safe to call from
+    several threads (``InferenceSession.run`` is thread-safe).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, name: str, path: Path, session, inputs: Mapping[str, TensorSpec],
+                 outputs: Mapping[str, TensorSpec], device: str):
+        self.name = name
+        self.path = path
+        self.session = session
+        self.inputs = dict(inputs)
+        self.outputs = dict(outputs)
+        self.device = device
+        self.providers = list(session.get_providers())
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(self.name, self.inputs, feeds, "input")
+        arrays = {key: np.ascontiguousarray(feeds[key]) for key in self.inputs}
+        results = self.session.run(list(self.outputs), arrays)
+        return dict(zip(self.outputs, results))
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeNetwork({self.name!r}, {self.path.name}, providers={self.providers})"
+
+
+def _providers(ort, device: str) -> list:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" or device.startswith("cuda:"):
+        index = device.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise UsageError(f"device must be 'cuda' or 'cuda:N', got {device!r}")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UsageError("device 'cuda' needs onnxruntime-gpu and a visible NVIDIA GPU "
+                             "(pip install 'unmix[gpu]' in place of 'unmix[cpu]'); "
+                             f"this onnxruntime offers {', '.join(ort.get_available_providers())}")
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+    raise UsageError(f"the onnxruntime backend runs on 'cpu' or 'cuda[:N]', got device {device!r}")
+
+
+def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec],
+                 threads: int | None = None, device: str = "cpu", name: str = "network") -> OnnxRuntimeNetwork:
+    """Create the session and check the graph's I/O against the declared specs."""
+    from unmix.runtime.backends import check_graph_io
+
+    ort = _import()
+    providers = _providers(ort, device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile: all mean "not a usable graph"
+        raise InputError(f"{path}: not a loadable ONNX graph ({_first_line(exc)})") from None
+    if device != "cpu" and "CUDAExecutionProvider" not in session.get_providers():
+        raise UsageError(f"{path}: onnxruntime could not start the CUDA execution provider "
+                         "(check the CUDA and cuDNN libraries onnxruntime-gpu needs)")
+
+    def graph(items):
+        return {item.name: (tuple(d if isinstance(d, int) else None for d in item.shape),
+                            _TYPES.get(item.type, item.type)) for item in items}
+
+    check_graph_io(path, "input", graph(session.get_inputs()), inputs)
+    check_graph_io(path, "output", graph(session.get_outputs()), outputs)
+    return OnnxRuntimeNetwork(name, path, session, inputs, outputs, device)

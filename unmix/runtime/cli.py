@@ -1,0 +1,236 @@
+"""``unmix-run`` and ``unmix-eval``: the edge runtime's command lines (no torch).
+
+Exit codes: 0 ok, 2 usage, 65 bad data, 66 missing input, 73 cannot create output, 74 I/O error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from unmix import __version__
+from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, report_errors
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _default_backend() -> str:
+    from unmix.runtime.backends import available_backends
+
+    found = available_backends()
+    if not found:
+        raise UsageError("no inference backend is installed: pip install 'unmix[cpu]' (ONNX Runtime) "
+                         "or 'unmix[openvino]'")
+    return found[0]
+
+
+class _Progress:
+    """tqdm bars on stderr, one per pipeline stage."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.label, self.enabled, self.bars = label, enabled, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=f"{self.label} {stage}", file=sys.stderr, leave=False,
+                                          dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None, overrides: dict[str, Any],
+             plot: bool, progress: bool) -> dict[str, Any]:
+    """Unmix one cube and write its bundle; returns the run summary (or the error) as a dict."""
+    from unmix.io.envi import read_cube
+    from unmix.runtime.bundle import write_bundle
+    from unmix.runtime.unmixer import Unmixer
+
+    try:
+        key = (model, backend, threads)
+        if _WORKER.get("key") != key:
+            _WORKER["unmixer"], _WORKER["key"] = Unmixer.load(model, backend=backend, threads=threads), key
+        unmixer = _WORKER["unmixer"]
+        path = Path(cube)
+        if not path.exists():
+            raise MissingInputError(f"{path}: cube not found")
+        scene = read_cube(path)
+        bar = _Progress(scene.name, progress)
+        started = time.perf_counter()
+        try:
+            result = unmixer.run(scene, progress=bar, **overrides)
+        finally:
+            bar.close()
+        valid = np.isfinite(result.abundances).all(axis=-1)
+        masked = int(valid.size - valid.sum())
+        if masked:
+            result.notes.append(f"{masked} pixels with NaN, Inf or ignore values were masked (NaN in the outputs)")
+        manifest = unmixer.manifest
+        info = {
+            "input": {"path": str(path), "shape": list(scene.shape), "reflectance_scale": scene.reflectance_scale,
+                      "masked_pixels": masked},
+            "model": {"path": str(manifest.model_dir),
+                      "networks": {name: entry.sha256 for name, entry in manifest.networks.items()}},
+            "backend": backend,
+            "versions": {"unmix": __version__, "numpy": np.__version__, **_backend_versions(backend)},
+            "wall_s": time.perf_counter() - started,
+        }
+        bundle = write_bundle(out, scene, result, info, plot=plot)
+        return {"cube": str(path), "bundle": str(bundle), "ok": True, "pixels": int(valid.size),
+                "masked_pixels": masked, "seconds": info["wall_s"], "notes": result.notes}
+    except UnmixError as exc:
+        return {"cube": cube, "ok": False, "error": str(exc), "exit_code": exc.exit_code}
+    except OSError as exc:
+        return {"cube": cube, "ok": False, "error": f"{cube}: {exc}", "exit_code": 74}
+
+
+def _backend_versions(backend: str) -> dict[str, str]:
+    try:
+        module = __import__(backend)
+        return {backend: getattr(module, "__version__", "unknown")}
+    except ImportError:
+        return {}
+
+
+@click.command(context_settings=_CONTEXT)
+@click.argument("cubes", nargs=-1, required=True)
+@click.option("--model", "-m", required=True, type=click.Path(path_type=Path),
+              help="Model folder written by unmix-export (manifest.json and the ONNX networks).")
+@click.option("--out", "-o", default="unmix-out", show_default=True, type=click.Path(path_type=Path),
+              help="Output folder; each cube's bundle goes to OUT/<cube name>/.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+              help="Inference backend. [default: onnxruntime if installed, else openvino]")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per cube.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps K (default: the model's).")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Stochastic samples S; S > 1 writes the uncertainty map (use with --eta > 0).")
+@click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None, help="DDIM stochasticity, 0..1.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Noise seed (default: the model's).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cubes processed in parallel (processes).")
+@click.option("--no-quicklook", is_flag=True, help="Do not draw the quicklook PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@report_errors("unmix-run")
+def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, no_quicklook, as_json, quiet):
+    """Unmix ENVI CUBES with an exported model and write one output bundle per cube.
+
+    Each bundle holds the abundance maps (ENVI, one band per endmember, map info kept), the endmember
+    spectra (.csv and .sli), the per-pixel reconstruction RMSE, the uncertainty map when sampled, a
+    quicklook PNG and run.json. A bundle appears whole or not at all.
+    """
+    from unmix.runtime.manifest import load_manifest
+
+    load_manifest(model)  # refuse a bad model folder once, before any cube
+    backend = backend or _default_backend()
+    overrides = {"steps": steps, "samples": samples, "eta": eta, "seed": seed}
+    args = [(str(c), str(model), str(out), backend, threads, overrides, not no_quicklook, not quiet and jobs == 1)
+            for c in cubes]
+    if jobs > 1 and len(cubes) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(cubes))) as pool:
+            reports = list(pool.map(_run_one, *zip(*args)))
+    else:
+        reports = [_run_one(*a) for a in args]
+    failed = [r for r in reports if not r["ok"]]
+    for report in reports:
+        if report["ok"]:
+            print(f"unmix-run: {report['cube']} -> {report['bundle']} ({report['seconds']:.1f} s)", file=sys.stderr)
+            for note in report["notes"]:
+                print(f"unmix-run: note: {note}", file=sys.stderr)
+        else:
+            print(f"unmix-run: error: {report['error']}", file=sys.stderr)
+    if as_json:
+        json.dump({"runs": reports}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if failed:
+        sys.exit(failed[0]["exit_code"])
+
+
+def read_bundle(bundle: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(H, W, p) abundances, (p, B) endmembers and names from an unmix-run bundle folder."""
+    from unmix.io.envi import read_cube
+
+    runs = sorted(bundle.glob("*.run.json"))
+    if not bundle.is_dir() or not runs:
+        raise MissingInputError(f"{bundle}: not an unmix-run output bundle (no *.run.json)")
+    stem = runs[0].name[: -len(".run.json")]
+    abundances = read_cube(bundle / f"{stem}.abund.hdr").read()
+    rows = (bundle / f"{stem}.endmembers.csv").read_text().strip().splitlines()
+    names = rows[0].split(",")[1:]
+    endmembers = np.array([[float(v) for v in row.split(",")[1:]] for row in rows[1:]], dtype=np.float32).T
+    return abundances, endmembers, names
+
+
+def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    path = Path(truth)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise MissingInputError(f"{path}: truth file not found")
+        with np.load(path) as data:
+            for key in ("A", "E"):
+                if key not in data:
+                    raise InputError(f"{path}: key {key!r}: expected an array ({'(H, W, p)' if key == 'A' else '(p, B)'})")
+            return data["A"], data["E"], None
+    from unmix.io.benchmarks import load_benchmark
+
+    scene = load_benchmark(truth)
+    return scene.abundances, scene.endmembers, scene.read()
+
+
+@click.command(context_settings=_CONTEXT)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--truth", required=True,
+              help="A benchmark name (samson, samson:zhu, jasper_ridge, sim1, sim1:30db, ...) or an .npz with "
+                   "A (H, W, p) and E (p, B).")
+@click.option("--cube", type=click.Path(path_type=Path), default=None,
+              help="The unmixed cube, for reconstruction RMSE and PSNR when the truth is an .npz.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
+@report_errors("unmix-eval")
+def eval_main(bundle, truth, cube, as_json):
+    """Score an unmix-run output BUNDLE against a ground truth.
+
+    Endmembers are matched by the Hungarian algorithm on abundance-map RMSE; SAD is the mean spectral
+    angle; abundance RMSE is over all pixels and endmembers; PSNR has peak 1.0.
+    """
+    from unmix.physics.metrics import evaluate
+
+    abundances, endmembers, names = read_bundle(bundle)
+    true_a, true_e, data = _read_truth(truth)
+    if cube is not None:
+        from unmix.io.envi import read_cube
+
+        data = read_cube(cube).read()
+    if true_a.shape[:2] != abundances.shape[:2] or true_a.shape[-1] != abundances.shape[-1]:
+        raise InputError(f"{bundle}: abundances have shape {abundances.shape}, the truth {true_a.shape}")
+    metrics = evaluate(abundances, endmembers, true_a, true_e, cube=data, names=names)
+    if as_json:
+        json.dump(metrics, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    print(f"SAD {metrics['sad_degrees_mean']:.3f} deg ({metrics['sad_radians_mean']:.4f} rad)  "
+          f"aRMSE {metrics['abundance_rmse']:.4f}  eRMSE {metrics['endmember_rmse']:.4f}", end="")
+    if metrics.get("reconstruction_rmse") is not None:
+        print(f"  recon RMSE {metrics['reconstruction_rmse']:.5f}  PSNR {metrics['psnr_db']:.2f} dB", end="")
+    print()
+    print(metrics["conventions"])
+
+
+if __name__ == "__main__":
+    main()

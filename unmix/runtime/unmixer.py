@@ -1,0 +1,108 @@
+"""``unmix.Unmixer``: the Python face of the edge runtime (numpy + one backend, never torch).
+
+    import unmix
+    unmixer = unmix.Unmixer.load("models/samson", backend="onnxruntime")
+    result = unmixer.run("scene.hdr")            # or a Scene, or an (H, W, B) array
+    result.abundances.shape, result.endmembers.shape
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unmix.diffusion.schedule import Schedule
+from unmix.errors import MissingInputError, UsageError
+from unmix.io.scene import Scene
+from unmix.runtime.manifest import Manifest, check_cube, load_manifest
+from unmix.runtime.pipeline import PipelineConfig, ProgressCallback, run_pipeline
+
+
+@dataclass
+class Result:
+    """One unmixed cube.
+
+    Attributes:
+        abundances: (H, W, p) float32 fractions on the simplex (NaN at masked pixels).
+        endmembers: (p, B) float32 spectra >= 0, in the cube's reflectance units.
+        names: p endmember names (the abundance file's band names).
+        rmse: (H, W) float32 per-pixel reconstruction RMSE.
+        uncertainty: (H, W) float32 per-pixel standard deviation across samples, or None.
+        timings: seconds per stage and network.
+        config: the inference settings used.
+        notes: what could not be checked or was masked.
+    """
+
+    abundances: np.ndarray
+    endmembers: np.ndarray
+    names: list[str]
+    rmse: np.ndarray
+    uncertainty: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Unmixer:
+    """Exported networks opened on one backend, ready to unmix cubes from the model's sensor."""
+
+    def __init__(self, manifest: Manifest, networks: dict, backend: str):
+        self.manifest = manifest
+        self.networks = networks
+        self.backend = backend
+        self.schedule = Schedule.from_config(manifest.schedule)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, backend: str = "onnxruntime", threads: int | None = None,
+             device: str = "cpu", precision: str | None = None) -> "Unmixer":
+        """Open ``model_dir`` (written by ``unmix-export``) on ``backend`` (onnxruntime, openvino).
+
+        ``threads`` bounds the backend's CPU threads; ``device`` is ``cpu`` or ``cuda``.
+        """
+        from unmix.runtime.backends import load_networks
+
+        manifest = load_manifest(model_dir)
+        networks = load_networks(manifest, backend=backend, threads=threads, device=device, precision=precision)
+        return cls(manifest, networks, backend)
+
+    def settings(self, **overrides: Any) -> PipelineConfig:
+        """The model's inference defaults with ``overrides`` (None values are ignored)."""
+        defaults = dict(self.manifest.inference)
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        known = {f for f in PipelineConfig.__dataclass_fields__}
+        return PipelineConfig.from_dict({k: v for k, v in defaults.items() if k in known}, **chosen)
+
+    def run(self, cube: Scene | np.ndarray | str | Path, progress: ProgressCallback | None = None,
+            **overrides: Any) -> Result:
+        """Unmix a Scene, an (H, W, B) reflectance array, or an ENVI file path.
+
+        ``overrides`` are inference settings (``steps``, ``samples``, ``eta``, ``seed``, ...).
+        """
+        scene = _as_scene(cube)
+        notes = check_cube(self.manifest, scene)
+        config = self.settings(**overrides)
+        if config.tile != self._tile():
+            raise UsageError(f"tile {config.tile} differs from the exported networks' tile {self._tile()}")
+        result = run_pipeline(scene, self.networks, self.schedule, config, progress=progress)
+        return Result(abundances=result.abundances, endmembers=result.endmembers,
+                      names=list(self.manifest.endmember_names), rmse=result.rmse,
+                      uncertainty=result.uncertainty, timings=result.timings, config=result.config, notes=notes)
+
+    def _tile(self) -> int:
+        shape = self.networks["hybridstu"].outputs["abundances"].shape
+        return int(shape[-1])
+
+
+def _as_scene(cube: Scene | np.ndarray | str | Path) -> Scene:
+    if isinstance(cube, Scene):
+        return cube
+    if isinstance(cube, np.ndarray):
+        return Scene.from_array(cube)
+    path = Path(cube)
+    if not path.exists():
+        raise MissingInputError(f"{path}: cube not found")
+    from unmix.io.envi import read_cube
+
+    return read_cube(path)
