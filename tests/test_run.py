@@ -1,0 +1,165 @@
+"""unmix-run, unmix-eval and unmix.Unmixer on a real exported model (ONNX Runtime and OpenVINO)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unmix.io.envi import read_cube, write_cube
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Runs a command-line entry point with torch made unimportable (the edge runtime must not need it).
+NO_TORCH = ("import sys; sys.modules['torch'] = None; "
+            "from unmix.runtime.cli import {entry}; sys.argv[0] = 'unmix'; {entry}()")
+
+
+def run_cli(entry: str, *args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH.format(entry=entry), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(scene header, truth npz, model dir): a tiny scene, a few training steps, an fp32 export."""
+    from tests.test_train import micro_config, small_scene
+    from unmix.export import export
+    from unmix.train.trainer import fit
+
+    folder = tmp_path_factory.mktemp("run")
+    scene = small_scene(height=40, width=36, bands=24, p=3)
+    header = write_cube(folder / "scene.hdr", scene.read(), wavelengths=scene.wavelengths,
+                        band_names=[f"b{i}" for i in range(24)],
+                        map_info="UTM, 1.000, 1.000, 500000.000, 4100000.000, 30.0, 30.0, 11, North, WGS-84, "
+                                 "units=Meters, rotation=15.0",
+                        coordinate_system='PROJCS["WGS_1984_UTM_Zone_11N",GEOGCS["GCS_WGS_1984"]]')
+    np.savez(folder / "truth.npz", A=scene.abundances, E=scene.endmembers)
+    fit(scene, 3, config=micro_config(), out=folder / "checkpoint", progress=False, log=lambda m: None)
+    export(folder / "checkpoint", folder / "model", tile=32)
+    return header, folder / "truth.npz", folder / "model"
+
+
+def test_readme_python_example(exported):
+    header, _, model = exported
+    import unmix
+
+    unmixer = unmix.Unmixer.load(model, backend="onnxruntime")
+    result = unmixer.run(header)
+    assert result.abundances.shape == (40, 36, 3) and result.endmembers.shape == (3, 24)
+    np.testing.assert_allclose(result.abundances.sum(-1), 1.0, atol=1e-5)
+    assert (result.endmembers >= 0).all() and (result.abundances >= 0).all()
+
+
+def test_openvino_matches_onnxruntime(exported):
+    header, _, model = exported
+    import unmix
+
+    a = unmix.Unmixer.load(model, backend="onnxruntime").run(header)
+    b = unmix.Unmixer.load(model, backend="openvino").run(header)
+    assert np.abs(a.abundances - b.abundances).max() < 1e-4
+    assert np.abs(a.endmembers - b.endmembers).max() < 1e-4
+
+
+def test_unmix_run_writes_a_bundle_without_torch(exported, tmp_path):
+    import spectral
+
+    header, truth, model = exported
+    done = run_cli("main", header, "--model", model, "--out", tmp_path / "out", "--samples", 3, "--eta", 0.5,
+                   "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["runs"][0]
+    bundle = Path(report["bundle"])
+    assert bundle == tmp_path / "out" / "scene"
+    names = {p.name for p in bundle.iterdir()}
+    assert {"scene.abund.hdr", "scene.abund.img", "scene.rmse.hdr", "scene.uncertainty.hdr",
+            "scene.endmembers.csv", "scene.endmembers.sli", "scene.quicklook.png", "scene.run.json"} <= names
+    oracle = spectral.envi.open(str(bundle / "scene.abund.hdr"))
+    assert oracle.shape == (40, 36, 3)
+    assert oracle.metadata["band names"] == ["endmember_1", "endmember_2", "endmember_3"]
+    source = read_cube(header)
+    ours = read_cube(bundle / "scene.abund.hdr")
+    assert ours.map_info == source.map_info and ours.coordinate_system == source.coordinate_system
+    np.testing.assert_allclose(np.asarray(oracle.load()).sum(-1), 1.0, atol=1e-5)
+    run = json.loads((bundle / "scene.run.json").read_text())
+    assert run["format"] == "unmix-run/1" and run["input"]["shape"] == [40, 36, 24]
+    assert set(run["model"]["networks"]) == {"hybridstu", "abundance_step", "spectra_step"}
+    assert len(run["endmembers"]) == 3 and run["settings"]["samples"] == 3
+    csv = (bundle / "scene.endmembers.csv").read_text().splitlines()
+    assert csv[0] == "wavelength_nm,endmember_1,endmember_2,endmember_3" and len(csv) == 25
+
+    scored = run_cli("eval_main", bundle, "--truth", truth, "--cube", header, "--json")
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads(scored.stdout)
+    assert 0 <= metrics["abundance_rmse"] < 0.5 and metrics["psnr_db"] > 10
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("case, code, message", [
+    ("band mismatch", 65, "but the model in"),
+    ("truncated data file", 65, "key 'data file'"),
+    ("missing cube", 66, "cube not found"),
+    ("missing manifest", 66, "manifest.json"),
+    ("corrupt onnx", 65, "hybridstu"),
+    ("unwritable output", 73, "cannot"),
+])
+def test_unmix_run_bad_input(exported, tmp_path, case, code, message):
+    import shutil
+
+    header, _, model = exported
+    cube, model_dir, out = header, model, tmp_path / "out"
+    if case == "band mismatch":
+        cube = write_cube(tmp_path / "other.hdr", np.random.default_rng(0).random((8, 8, 20), dtype=np.float32))
+    elif case == "truncated data file":
+        cube = write_cube(tmp_path / "short.hdr", read_cube(header).read())
+        _truncate(tmp_path / "short.img")
+    elif case == "missing cube":
+        cube = tmp_path / "nothing.hdr"
+    elif case == "missing manifest":
+        model_dir = tmp_path / "model"
+        shutil.copytree(model, model_dir)
+        (model_dir / "manifest.json").unlink()
+    elif case == "corrupt onnx":
+        model_dir = tmp_path / "model"
+        shutil.copytree(model, model_dir)
+        target = model_dir / json.loads((model_dir / "manifest.json").read_text())["networks"]["hybridstu"]["file"]
+        target.write_bytes(b"\x08\x07not an onnx graph")
+    elif case == "unwritable output":
+        out = tmp_path / "blocked" / "out"
+        (tmp_path / "blocked").write_text("a file where a folder should be")
+    done = run_cli("main", cube, "--model", model_dir, "--out", out, "--quiet")
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "scene").exists()
+
+
+def test_killed_run_leaves_no_partial_bundle(exported, tmp_path):
+    """SIGKILL while the bundle is being staged: the output folder holds no bundle afterwards."""
+    header, _, model = exported
+    big = write_cube(tmp_path / "big.hdr", np.tile(read_cube(header).read(), (6, 6, 1)),
+                     wavelengths=read_cube(header).wavelengths)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "unmix.runtime.cli", str(big), "--model", str(model),
+                                "--out", str(out), "--samples", "4", "--eta", "1", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not list(out.glob(".big.tmp-*")):
+        time.sleep(0.005)
+    staged = bool(list(out.glob(".big.tmp-*")))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert staged, "the run finished before it could be interrupted while writing"
+    assert not (out / "big").exists()
