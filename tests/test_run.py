@@ -163,3 +163,18 @@ def test_killed_run_leaves_no_partial_bundle(exported, tmp_path):
     process.wait()
     assert staged, "the run finished before it could be interrupted while writing"
     assert not (out / "big").exists()
+
+
+def test_readme_example_runs_as_written(exported, tmp_path, monkeypatch):
+    """The Python block of README.md, run against a real exported model and cube."""
+    header, _, model = exported
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) == 5
+    for suffix in (".hdr", ".img"):
+        (tmp_path / f"scene{suffix}").symlink_to(header.with_suffix(suffix))
+    (tmp_path / "model").symlink_to(model)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["result"].abundances.shape == (40, 36, 3)
