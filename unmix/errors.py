@@ -91,3 +91,37 @@ def report_errors(program: str):
         return wrapper
 
     return decorate
+
+
+def require_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int (bools refused), within ``minimum..maximum``; else a UsageError naming ``name``."""
+    import operator
+
+    try:
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{name} must be an integer, got {value!r}") from None
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        low = "" if minimum is None else f">= {minimum}"
+        high = "" if maximum is None else f"<= {maximum}"
+        raise UsageError(f"{name} must be {' and '.join(p for p in (low, high) if p)}, got {number}")
+    return number
+
+
+def require_float(value: object, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
+    """``value`` as a finite float (bools refused), within ``minimum..maximum``; else a UsageError."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
+        raise UsageError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or (minimum is not None and number < minimum) or (
+            maximum is not None and number > maximum):
+        low = "" if minimum is None else f">= {minimum}"
+        high = "" if maximum is None else f"<= {maximum}"
+        bounds = " and ".join(p for p in (low, high) if p) or "finite"
+        raise UsageError(f"{name} must be {bounds}, got {value!r}")
+    return number

@@ -42,12 +42,11 @@ with K DDIM steps, the forward noising that starts the loop (``q_sample`` to ``t
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import numpy as np
 
-from unmix.errors import UsageError
+from unmix.errors import UsageError, require_int
 
 __all__ = [
     "KAT_VECTORS",
@@ -143,15 +142,7 @@ def _as_words(values: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_int(value: Any, name: str, limit: int) -> int:
-    try:
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise UsageError(f"noise: {name} must be an integer, got {value!r}") from None
-    if not 0 <= number < limit:
-        raise UsageError(f"noise: {name} must be in 0..{limit - 1}, got {number}")
-    return number
+    return require_int(value, f"noise: {name}", 0, limit - 1)
 
 
 def _check_indices(values: Any, name: str) -> np.ndarray:

@@ -27,14 +27,13 @@ table a fused-step graph reads.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
 
-from unmix.errors import UsageError
+from unmix.errors import UsageError, require_float, require_int
 
 __all__ = [
     "COSINE_S",
@@ -64,27 +63,6 @@ COSINE_S = 0.008
 MAX_BETA = 0.999
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    try:
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise UsageError(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise UsageError(f"{name} must be >= {minimum}, got {number}")
-    return number
-
-
-def _check_float(value: Any, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise UsageError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise UsageError(f"{name} must be finite, got {number}")
-    return number
-
-
 def beta_schedule(kind: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
     """Noise levels ``beta_t`` for ``t = 0..T-1``: ``(T,)`` float64.
 
@@ -94,9 +72,9 @@ def beta_schedule(kind: str, T: int, beta_start: float = 1e-4, beta_end: float =
     """
     if kind not in KINDS:
         raise UsageError(f"schedule kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    T = _check_int(T, "schedule T", 2)
-    beta_start = _check_float(beta_start, "schedule beta_start")
-    beta_end = _check_float(beta_end, "schedule beta_end")
+    T = require_int(T, "schedule T", 2)
+    beta_start = require_float(beta_start, "schedule beta_start")
+    beta_end = require_float(beta_end, "schedule beta_end")
     if kind == "linear":
         if not 0.0 < beta_start <= beta_end < 1.0:
             raise UsageError(
@@ -135,9 +113,9 @@ class Schedule:
             raise UsageError(f"schedule kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.prediction not in PREDICTIONS:
             raise UsageError(f"schedule prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
-        object.__setattr__(self, "T", _check_int(self.T, "schedule T", 2))
-        object.__setattr__(self, "beta_start", _check_float(self.beta_start, "schedule beta_start"))
-        object.__setattr__(self, "beta_end", _check_float(self.beta_end, "schedule beta_end"))
+        object.__setattr__(self, "T", require_int(self.T, "schedule T", 2))
+        object.__setattr__(self, "beta_start", require_float(self.beta_start, "schedule beta_start"))
+        object.__setattr__(self, "beta_end", require_float(self.beta_end, "schedule beta_end"))
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:
             raise UsageError("schedule betas must satisfy 0 < beta_start <= beta_end < 1, "
                              f"got {self.beta_start}, {self.beta_end}")
@@ -193,9 +171,9 @@ def ddim_timesteps(T: int, K: int, t0: int | None = None) -> np.ndarray:
     ``t = -1`` (``alpha_bar = 1``, the clean signal). ``K = 1`` gives ``[t0]``; ``K = t0 + 1`` gives
     ``t0, t0 - 1, ..., 0``; ``K > t0 + 1`` raises ``UsageError``.
     """
-    T = _check_int(T, "T", 2)
-    K = _check_int(K, "K (DDIM steps)", 1)
-    t0 = T - 1 if t0 is None else _check_int(t0, "t0", 0)
+    T = require_int(T, "T", 2)
+    K = require_int(K, "K (DDIM steps)", 1)
+    t0 = T - 1 if t0 is None else require_int(t0, "t0", 0)
     if t0 > T - 1:
         raise UsageError(f"t0 must be in 0..{T - 1}, got {t0}")
     if K > t0 + 1:
@@ -301,7 +279,7 @@ def ddim_coefficients(schedule: Schedule, timesteps: Any, eta: float = 0.0) -> D
     """
     if not isinstance(schedule, Schedule):
         raise UsageError(f"schedule must be a Schedule, got {type(schedule).__name__}")
-    eta = _check_float(eta, "eta")
+    eta = require_float(eta, "eta")
     if not 0.0 <= eta <= 1.0:
         raise UsageError(f"eta must be in [0, 1], got {eta}")
     steps = _check_timesteps(schedule, timesteps)
@@ -399,7 +377,7 @@ def ddim_step(x_t: Any, out: Any, coefficients: DDIMCoefficients, i: int, noise:
     ``x_prev = sqrt(alpha_bar_prev) * x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) * eps_hat + sigma * z``.
     ``noise`` (z, same shape as ``x_t``) is required when ``sigma[i] > 0`` and ignored otherwise.
     """
-    i = _check_int(i, "step index", 0)
+    i = require_int(i, "step index", 0)
     if i >= coefficients.steps:
         raise UsageError(f"step index must be < K = {coefficients.steps}, got {i}")
     x_t = np.asarray(x_t, dtype=np.float64)
