@@ -7,7 +7,6 @@ Rank 0 writes the averaged gradients of HybridSTU (reconstruction loss) and of t
 """
 import sys
 
-import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 

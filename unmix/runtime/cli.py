@@ -5,7 +5,6 @@ Exit codes: 0 ok, 2 usage, 65 bad data, 66 missing input, 73 cannot create outpu
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
