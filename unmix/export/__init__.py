@@ -21,6 +21,9 @@ _LAZY = {
     "FP16_TOLERANCE": ("unmix.export.onnx_export", "FP16_TOLERANCE"),
     "FP32_TOLERANCE": ("unmix.export.onnx_export", "FP32_TOLERANCE"),
     "build_manifest": ("unmix.export.manifest", "build_manifest"),
+    "build_engines": ("unmix.export.tensorrt_build", "build_engines"),
+    "check_engines": ("unmix.export.tensorrt_build", "check_engines"),
+    "engines_step": ("unmix.export.tensorrt_build", "engines_step"),
     "package_versions": ("unmix.export.manifest", "package_versions"),
 }
 

@@ -19,20 +19,27 @@ from unmix.errors import report_errors
 @click.option("--tile", type=click.IntRange(min=8), default=64, show_default=True,
               help="Static tile size (pixels) of the exported networks.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Tiles per network call.")
-@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check against torch.")
+@click.option("--no-check", is_flag=True, help="Skip the parity checks (ONNX Runtime vs torch, TensorRT vs ONNX Runtime).")
+@click.option("--engines", is_flag=True, help="Build TensorRT engines too (needs TensorRT and an NVIDIA GPU); "
+                                             "with --fp16 they are built whenever TensorRT is present.")
+@click.option("--workspace-mb", type=click.IntRange(min=64), default=1024, show_default=True,
+              help="TensorRT builder workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
 @report_errors("unmix-export")
-def main(checkpoint, out, fp16, tile, batch, no_check, as_json):
+def main(checkpoint, out, fp16, tile, batch, no_check, engines, workspace_mb, as_json):
     """Export the networks of CHECKPOINT (written by unmix-train) to ONNX with a manifest.
 
     HybridSTU is exported as is; each diffusion network is exported as one fused DDIM step (network,
     update, data consistency and constraints in one graph), so every backend and the C++ runtime run
     identical math. Unchanged exports are skipped (cached by content hash).
     """
-    from unmix.export import export
+    from unmix.export import engines_step, export
 
     out = out if out is not None else checkpoint / "model"
     manifest = export(checkpoint, out, fp16=fp16, tile=tile, batch=batch, check=not no_check)
+    if engines or fp16:
+        engines_step(out, required=engines, check=not no_check, workspace_mb=workspace_mb,
+                     progress=lambda message: print(message, file=sys.stderr))
     print(f"unmix-export: {checkpoint} -> {out}", file=sys.stderr)
     if as_json:
         json.dump(manifest, sys.stdout, indent=2, default=str)

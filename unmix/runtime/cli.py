@@ -65,7 +65,9 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
     try:
         key = (model, backend, threads)
         if _WORKER.get("key") != key:
-            _WORKER["unmixer"], _WORKER["key"] = Unmixer.load(model, backend=backend, threads=threads), key
+            device = "cuda" if backend == "tensorrt" else "cpu"
+            _WORKER["unmixer"] = Unmixer.load(model, backend=backend, threads=threads, device=device)
+            _WORKER["key"] = key
         unmixer = _WORKER["unmixer"]
         path = Path(cube)
         if not path.exists():
@@ -114,8 +116,8 @@ def _backend_versions(backend: str) -> dict[str, str]:
               help="Model folder written by unmix-export (manifest.json and the ONNX networks).")
 @click.option("--out", "-o", default="unmix-out", show_default=True, type=click.Path(path_type=Path),
               help="Output folder; each cube's bundle goes to OUT/<cube name>/.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default=None,
-              help="Inference backend. [default: onnxruntime if installed, else openvino]")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
+              help="Inference backend (tensorrt runs on the GPU). [default: onnxruntime if installed, else openvino]")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per cube.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps K (default: the model's).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,

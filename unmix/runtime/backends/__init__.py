@@ -2,6 +2,8 @@
 
 - ``onnxruntime`` (extra ``cpu``, or ``gpu`` for CUDA): :mod:`.onnxruntime_backend`.
 - ``openvino`` (extra ``openvino``): :mod:`.openvino_backend`.
+- ``tensorrt`` (extra ``tensorrt``, NVIDIA GPU): :mod:`.tensorrt_backend`; listed by
+  :func:`available_backends` only when tensorrt and cuda-python import and a GPU is visible.
 
 :func:`load_network` opens one graph file against its declared I/O (a :class:`NetworkSpec` or a
 manifest :class:`~unmix.runtime.manifest.NetworkEntry`); :func:`load_networks` opens the networks of
@@ -24,6 +26,7 @@ __all__ = ["BACKENDS", "available_backends", "load_network", "load_networks"]
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "pip install 'unmix[cpu]' (or 'unmix[gpu]' for CUDA)"),
     "openvino": ("openvino", "pip install 'unmix[openvino]'"),
+    "tensorrt": ("tensorrt", "pip install 'unmix[tensorrt]' on a machine with an NVIDIA GPU"),
 }
 
 
@@ -33,6 +36,11 @@ def available_backends() -> list[str]:
     for name, (module, _) in BACKENDS.items():
         try:
             if importlib.util.find_spec(module) is not None:
+                if name == "tensorrt":             # also needs cuda-python and a visible GPU
+                    from unmix.runtime.backends import tensorrt_backend
+
+                    if not tensorrt_backend.availability()[0]:
+                        continue
                 found.append(name)
         except (ImportError, ValueError):  # a broken or shadowed install
             continue
@@ -44,6 +52,10 @@ def _import_backend(backend: str):
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
         from unmix.runtime.backends import onnxruntime_backend as module
+    elif backend == "tensorrt":
+        from unmix.runtime.backends import tensorrt_backend as module
+
+        module.require()                           # one line naming what is missing, before anything else
     else:
         from unmix.runtime.backends import openvino_backend as module
     return module
@@ -67,10 +79,10 @@ def load_network(path: str | os.PathLike, spec: Any, backend: str = "onnxruntime
         spec: its declared I/O: anything with ``inputs`` and ``outputs`` (name -> TensorSpec), e.g. a
             :class:`NetworkSpec` or a manifest ``NetworkEntry``. The graph's own inputs and outputs
             must match it (names, static shapes, dtypes), and every call's feeds are checked against it.
-        backend: ``"onnxruntime"`` or ``"openvino"``.
+        backend: ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``.
         threads: intra-op threads (None: the backend's default, usually one per core).
         device: ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (ONNX Runtime with onnxruntime-gpu); ``"gpu"`` /
-            ``"npu"`` (OpenVINO devices).
+            ``"npu"`` (OpenVINO devices); the tensorrt backend needs ``"cuda"`` / ``"cuda:N"``.
         name: the network's name in messages (default: the file stem).
 
     Raises:
