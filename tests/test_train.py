@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -233,8 +234,12 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
     out = tmp_path / "grads.safetensors"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", str(ROOT / "tests" / "ddp_worker.py"), str(out)],
+                           "--master_addr", "127.0.0.1", "--master_port", str(port),
+                           str(ROOT / "tests" / "ddp_worker.py"), str(out)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = load_file(str(out))
