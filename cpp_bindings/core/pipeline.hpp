@@ -1,0 +1,87 @@
+// The two-pass unmixing flow of unmix/runtime/pipeline.py over a Backend that runs the three networks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "diffusion.hpp"
+
+namespace unmix {
+
+// A float32 tensor the caller owns; shape of rank <= 4 held inline (no allocation).
+struct TensorView {
+    const char* name = "";
+    float* data = nullptr;
+    int rank = 0;
+    int64_t shape[4] = {0, 0, 0, 0};
+
+    TensorView() = default;
+    TensorView(const char* name_, float* data_, std::initializer_list<int64_t> dims);
+    size_t numel() const;
+};
+
+class BackendError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Runs one network. Inputs come in the order of unmix.runtime.network.pipeline_specs; the backend
+// writes every output into the caller's buffer. Must not keep pointers after returning.
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual void run(const std::string& network, const std::vector<TensorView>& in, std::vector<TensorView>& out) = 0;
+};
+
+struct PipelineConfig {
+    int steps = 10;
+    int t0 = 300;
+    double eta = 0.0;
+    int samples = 1;
+    int rounds = 1;
+    int tile = 64;
+    int overlap = 16;
+    double dc_weight = 1.0;
+    int spectra_steps = 10;
+    int spectra_t0 = 200;
+    double spectra_eta = 0.0;
+    bool refine_spectra = true;
+    uint64_t seed = 0;
+
+    void validate() const;  // throws UsageError, like PipelineConfig.__post_init__
+};
+
+struct PipelineStats {
+    long network_calls = 0;
+    long loop_allocations = 0;  // buffers grown inside the DDIM loops (stays 0)
+};
+
+// Non-negative least squares for every band from the statistics: min_{e>=0} e'Ge - 2 c'e, G = AtA (p, p),
+// c = AtY[:, b]; Lawson-Hanson active set on the p x p Gram system. AtY (p, B) -> E (p, B).
+std::vector<double> nnls_endmembers(const std::vector<double>& AtA, const std::vector<double>& AtY, int p, int B);
+
+// Euclidean projection of v (length p) onto the probability simplex, in place (NaN in -> all NaN).
+void project_simplex(double* v, int p);
+
+class Pipeline {
+public:
+    // B bands, p endmembers, T the networks' tile size.
+    Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile);
+
+    // cube (H, W, B) float32 row-major; outputs (H, W, p), (p, B), (H, W). Throws on error.
+    void run(const float* cube, int H, int W, const PipelineConfig& config, float* abundances, float* endmembers,
+             float* rmse);
+
+    const PipelineStats& stats() const { return stats_; }
+
+private:
+    Backend& backend_;
+    Schedule schedule_;
+    int B_, p_, T_;
+    PipelineStats stats_;
+    const std::string hybridstu_ = "hybridstu", abundance_step_ = "abundance_step", spectra_step_ = "spectra_step";
+};
+
+}  // namespace unmix

@@ -1,0 +1,166 @@
+// unmix_run_raw MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [name=value ...]
+// Reads an ENVI float32 cube (bsq, bil or bip; little-endian), unmixes it through the C ABI and writes
+// OUT_PREFIX.abundances.f32 (H, W, p), OUT_PREFIX.endmembers.f32 (p, B), OUT_PREFIX.rmse.f32 (H, W)
+// as raw little-endian float32, and prints "H W B p seconds".
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "unmix.h"
+
+namespace {
+
+std::string lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return s;
+}
+
+std::string trim(const std::string& s) {
+    const size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
+    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+}
+
+bool read_envi(const std::string& header, std::vector<float>& cube, long& H, long& W, long& B, std::string& error) {
+    std::ifstream in(header);
+    if (!in) {
+        error = header + ": cannot be read";
+        return false;
+    }
+    std::map<std::string, std::string> keys;
+    std::string line, pending_key, pending;
+    bool first = true;
+    while (std::getline(in, line)) {
+        if (first) {
+            first = false;
+            if (trim(line) != "ENVI") {
+                error = header + ": not an ENVI header";
+                return false;
+            }
+            continue;
+        }
+        if (!pending_key.empty()) {  // a {...} value spanning lines
+            pending += line;
+            if (line.find('}') != std::string::npos) {
+                keys[pending_key] = pending;
+                pending_key.clear();
+            }
+            continue;
+        }
+        const size_t eq = line.find('=');
+        if (eq == std::string::npos) continue;
+        const std::string key = lower(trim(line.substr(0, eq))), value = trim(line.substr(eq + 1));
+        if (!value.empty() && value[0] == '{' && value.find('}') == std::string::npos) {
+            pending_key = key;
+            pending = value;
+        } else {
+            keys[key] = value;
+        }
+    }
+    try {
+        W = std::stol(keys.at("samples"));
+        H = std::stol(keys.at("lines"));
+        B = std::stol(keys.at("bands"));
+    } catch (const std::exception&) {
+        error = header + ": needs samples, lines and bands";
+        return false;
+    }
+    if (keys.count("data type") && keys["data type"] != "4") {
+        error = header + ": data type " + keys["data type"] + " (only 4, float32, is read)";
+        return false;
+    }
+    if (keys.count("byte order") && keys["byte order"] != "0") {
+        error = header + ": big-endian data is not read";
+        return false;
+    }
+    const long offset = keys.count("header offset") ? std::stol(keys["header offset"]) : 0;
+    const std::string interleave = keys.count("interleave") ? lower(keys["interleave"]) : "bsq";
+    std::string data = header.substr(0, header.size() - 4);
+    if (lower(header.substr(header.size() - 4)) != ".hdr") data = header + ".img";
+    std::ifstream raw(data, std::ios::binary);
+    if (!raw) {
+        raw.open(data + ".img", std::ios::binary);
+        if (!raw) {
+            error = data + ": cannot be read";
+            return false;
+        }
+    }
+    raw.seekg(offset);
+    std::vector<float> file(static_cast<size_t>(H) * W * B);
+    raw.read(reinterpret_cast<char*>(file.data()), static_cast<std::streamsize>(file.size() * sizeof(float)));
+    if (!raw) {
+        error = data + ": shorter than the header says";
+        return false;
+    }
+    cube.resize(file.size());
+    for (long r = 0; r < H; ++r)
+        for (long c = 0; c < W; ++c)
+            for (long b = 0; b < B; ++b) {
+                size_t src;
+                if (interleave == "bsq") src = (static_cast<size_t>(b) * H + r) * W + c;
+                else if (interleave == "bil") src = (static_cast<size_t>(r) * B + b) * W + c;
+                else src = (static_cast<size_t>(r) * W + c) * B + b;
+                cube[(static_cast<size_t>(r) * W + c) * B + b] = file[src];
+            }
+    return true;
+}
+
+bool write_raw(const std::string& path, const std::vector<float>& values) {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(float)));
+    return static_cast<bool>(out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 5) {
+        std::fprintf(stderr, "usage: %s MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [name=value ...]\n", argv[0]);
+        return 2;
+    }
+    std::vector<float> cube;
+    long H = 0, W = 0, B = 0;
+    std::string error;
+    if (!read_envi(argv[3], cube, H, W, B, error)) {
+        std::fprintf(stderr, "error: %s\n", error.c_str());
+        return 3;
+    }
+    unmix_handle* h = nullptr;
+    if (unmix_open(argv[1], argv[2], 0, &h) != UNMIX_OK) {
+        std::fprintf(stderr, "error: %s\n", unmix_last_error(nullptr));
+        return 4;
+    }
+    for (int i = 5; i < argc; ++i) {
+        const std::string arg = argv[i];
+        const size_t eq = arg.find('=');
+        if (eq == std::string::npos || unmix_set_option(h, arg.substr(0, eq).c_str(), std::atof(arg.c_str() + eq + 1)) != UNMIX_OK) {
+            std::fprintf(stderr, "error: bad setting '%s': %s\n", arg.c_str(), unmix_last_error(h));
+            unmix_close(h);
+            return 2;
+        }
+    }
+    const int p = unmix_endmember_count(h);
+    std::vector<float> A(static_cast<size_t>(H) * W * p), E(static_cast<size_t>(p) * B), rmse(static_cast<size_t>(H) * W);
+    const auto start = std::chrono::steady_clock::now();
+    const unmix_status status = unmix_run(h, cube.data(), H, W, B, A.data(), E.data(), rmse.data());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (status != UNMIX_OK) {
+        std::fprintf(stderr, "error: %s\n", unmix_last_error(h));
+        unmix_close(h);
+        return 5;
+    }
+    unmix_close(h);
+    const std::string prefix = argv[4];
+    if (!write_raw(prefix + ".abundances.f32", A) || !write_raw(prefix + ".endmembers.f32", E) ||
+        !write_raw(prefix + ".rmse.f32", rmse)) {
+        std::fprintf(stderr, "error: cannot write %s.*.f32\n", prefix.c_str());
+        return 6;
+    }
+    std::printf("%ld %ld %ld %d %.4f\n", H, W, B, p, seconds);
+    return 0;
+}

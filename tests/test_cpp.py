@@ -1,0 +1,139 @@
+"""The C++ core (cpp_bindings/): configure, build and run its ctest suite, then C++ (OpenVINO) against
+Python (ONNX Runtime) on one exported model and cube.
+
+A second build (``-DUNMIX_SANITIZE=ON``) runs the same ctest suite under AddressSanitizer and
+UndefinedBehaviorSanitizer (core, analytic backend, C ABI; no OpenVINO). The main build goes to
+``$UNMIX_CPP_BUILD`` when set (reused if already configured there), else to a
+temporary folder. Without cmake or a C++ compiler the tests are skipped, except under ``CI=true``,
+where they fail.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _missing_tools() -> str | None:
+    if shutil.which("cmake") is None:
+        return "cmake not found"
+    if not any(shutil.which(name) for name in (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")):
+        return "no C++ compiler found"
+    return None
+
+
+def _run(command: list[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    """The configured and built C++ tree (cmake -S . -B <build>; cmake --build)."""
+    missing = _missing_tools()
+    if missing:
+        if IN_CI:
+            pytest.fail(f"C++ build required under CI=true: {missing}")
+        pytest.skip(missing)
+    folder = Path(os.environ["UNMIX_CPP_BUILD"]) if os.environ.get("UNMIX_CPP_BUILD") else \
+        tmp_path_factory.mktemp("cpp_build")
+    if not (folder / "CMakeCache.txt").is_file():
+        configure = _run(["cmake", "-S", str(ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release",
+                          f"-DUNMIX_PYTHON={sys.executable}"])
+        assert configure.returncode == 0, configure.stdout + configure.stderr
+    jobs = str(max(1, min(4, os.cpu_count() or 1)))
+    built = _run(["cmake", "--build", str(folder), "-j", jobs])
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    return folder
+
+
+def test_ctest_passes(build):
+    result = _run(["ctest", "--output-on-failure"], cwd=build, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "100% tests passed" in result.stdout
+    # the golden comparisons ran and were exact
+    core = _run([str(build / "cpp_bindings" / "unmix_test_core"), str(ROOT / "tests" / "golden")])
+    assert core.returncode == 0, core.stderr
+    assert core.stdout.count("coefficients max abs diff 0,") >= 4
+    assert "48 words bit exact" in core.stdout
+
+
+def test_ctest_passes_under_address_and_undefined_sanitizers(tmp_path):
+    """The core, the analytic backend and the C ABI built with -fsanitize=address,undefined."""
+    missing = _missing_tools()
+    if missing:
+        if IN_CI:
+            pytest.fail(f"C++ build required under CI=true: {missing}")
+        pytest.skip(missing)
+    configure = _run(["cmake", "-S", str(ROOT), "-B", str(tmp_path), "-DUNMIX_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=Debug"])
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    built = _run(["cmake", "--build", str(tmp_path), "-j", str(max(1, min(4, os.cpu_count() or 1)))])
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    assert "sanitize=ON" in (tmp_path / "unmix_backends.txt").read_text().split()
+    result = _run(["ctest", "--output-on-failure"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "100% tests passed" in result.stdout
+
+
+def _openvino_built(build: Path) -> bool:
+    marker = build / "unmix_backends.txt"
+    return marker.is_file() and "openvino=ON" in marker.read_text().split()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(scene header, model dir): a tiny scene, a few training steps, an fp32 export (tile 32)."""
+    pytest.importorskip("torch")
+    from tests.test_train import micro_config, small_scene
+    from unmix.export import export
+    from unmix.io.envi import write_cube
+    from unmix.train.trainer import fit
+
+    folder = tmp_path_factory.mktemp("cpp_parity")
+    scene = small_scene(height=40, width=36, bands=24, p=3)
+    cube = scene.read().copy()
+    cube[3, 5, 7] = np.nan  # one invalid pixel: NaN in every per-pixel output
+    header = write_cube(folder / "scene.hdr", cube, wavelengths=scene.wavelengths)
+    fit(scene, 3, config=micro_config(), out=folder / "checkpoint", progress=False, log=lambda m: None)
+    export(folder / "checkpoint", folder / "model", tile=32)
+    return header, folder / "model"
+
+
+@pytest.mark.parametrize("settings", [{}, {"eta": 0.6, "samples": 2, "rounds": 2, "seed": 7}],
+                         ids=["defaults", "stochastic"])
+def test_cpp_openvino_matches_python_onnxruntime(build, exported, tmp_path, settings):
+    if not _openvino_built(build):
+        if IN_CI:
+            pytest.fail("the OpenVINO backend was not built (pip install openvino)")
+        pytest.skip("the OpenVINO backend was not built")
+    import unmix
+
+    header, model = exported
+    prefix = tmp_path / "cpp"
+    args = [f"{key}={value}" for key, value in settings.items()]
+    run = _run([str(build / "cpp_bindings" / "unmix_run_raw"), str(model), "openvino", str(header), str(prefix), *args])
+    assert run.returncode == 0, run.stdout + run.stderr
+    H, W, B, p = (int(v) for v in run.stdout.split()[:4])
+    assert (H, W, B, p) == (40, 36, 24, 3)
+    abundances = np.fromfile(f"{prefix}.abundances.f32", dtype="<f4").reshape(H, W, p)
+    endmembers = np.fromfile(f"{prefix}.endmembers.f32", dtype="<f4").reshape(p, B)
+    rmse = np.fromfile(f"{prefix}.rmse.f32", dtype="<f4").reshape(H, W)
+
+    reference = unmix.Unmixer.load(model, backend="onnxruntime").run(header, **settings)
+    np.testing.assert_array_equal(np.isnan(abundances), np.isnan(reference.abundances))
+    np.testing.assert_array_equal(np.isnan(rmse), np.isnan(reference.rmse))
+    assert np.isnan(abundances[3, 5]).all()
+    diffs = {
+        "abundances": float(np.nanmax(np.abs(abundances - reference.abundances))),
+        "endmembers": float(np.max(np.abs(endmembers - reference.endmembers))),
+        "rmse": float(np.nanmax(np.abs(rmse - reference.rmse))),
+    }
+    print(f"C++ openvino vs Python onnxruntime {settings or 'defaults'}: max abs diff {diffs}")
+    assert max(diffs.values()) <= 1e-4, diffs
