@@ -230,6 +230,10 @@ def test_outputs_are_physical_with_samples_and_rounds():
     assert_physical(result, 3, scene.bands)
     assert result.abundances.shape == (20, 23, 3) and result.rmse.shape == (20, 23)
     assert result.uncertainty.shape == (20, 23) and (result.uncertainty > 0).all()
+    per_endmember = result.uncertainty_per_endmember
+    assert per_endmember.shape == (20, 23, 3) and per_endmember.dtype == np.float32 and (per_endmember >= 0).all()
+    # Blending is linear: the mean over endmembers of the blended spreads is the blended mean spread.
+    np.testing.assert_allclose(per_endmember.mean(axis=-1), result.uncertainty, rtol=1e-5, atol=1e-7)
     tiles = len(tile_grid(20, 23, 8, 3))
     assert nets["hybridstu"].calls == tiles
     assert nets["abundance_step"].calls == tiles * 3 * 4 * 2
@@ -314,7 +318,7 @@ def test_tiled_equals_untiled_exactly_with_pixelwise_networks(tile, overlap):
     tiled = run_pipeline(scene, analytic_networks(scene.endmembers, scene.bands, tile), SCHEDULE,
                          PipelineConfig(tile=tile, overlap=overlap, **settings))
     assert whole.config["tiles"] == 1 and tiled.config["tiles"] > 4
-    for name in ("abundances", "endmembers", "rmse", "uncertainty"):
+    for name in ("abundances", "endmembers", "rmse", "uncertainty", "uncertainty_per_endmember"):
         np.testing.assert_array_equal(getattr(tiled, name), getattr(whole, name), err_msg=name)
 
 
@@ -356,6 +360,8 @@ def test_nan_pixels_are_masked():
     result = run_pipeline(masked, nets, SCHEDULE, cfg)
     assert np.isnan(result.abundances[holes]).all() and np.isnan(result.rmse[holes]).all()
     assert np.isnan(result.uncertainty[holes]).all()
+    assert np.isnan(result.uncertainty_per_endmember[holes]).all()
+    assert np.isfinite(result.uncertainty_per_endmember[~holes]).all()
     assert np.isfinite(result.abundances[~holes]).all() and np.isfinite(result.rmse[~holes]).all()
     assert result.config["valid_pixels"] == int((~holes).sum())
     assert_physical(result, 3, scene.bands)
@@ -367,6 +373,7 @@ def test_nan_pixels_are_masked():
     fixed = run_pipeline(masked, nets, SCHEDULE, PipelineConfig(steps=1, t0=50, tile=8, overlap=3,
                                                                 refine_spectra=False))
     np.testing.assert_allclose(fixed.endmembers, E0, rtol=1e-5, atol=1e-6)
+    assert fixed.uncertainty is None and fixed.uncertainty_per_endmember is None   # one sample
     # Pixelwise networks and a fixed E: valid pixels come out as they do without the holes.
     clean = run_pipeline(scene, nets, SCHEDULE, PipelineConfig(steps=3, t0=200, tile=8, overlap=3,
                                                                refine_spectra=False), endmembers=scene.endmembers)
