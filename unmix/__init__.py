@@ -8,6 +8,8 @@ The public faces are imported lazily so that ``import unmix`` stays light on edg
 """
 from __future__ import annotations
 
+from unmix._lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -18,13 +20,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'unmix' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY) + ["__version__"]

@@ -12,6 +12,8 @@ Names are imported lazily, so ``import unmix.export`` does not import torch unti
 """
 from __future__ import annotations
 
+from unmix._lazy import lazy_getattr
+
 _LAZY = {
     "export": ("unmix.export.onnx_export", "export"),
     "ExportContract": ("unmix.export.onnx_export", "ExportContract"),
@@ -28,13 +30,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'unmix.export' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY)

@@ -8,6 +8,8 @@ Names are imported lazily, so ``import unmix.runtime`` costs nothing until one i
 """
 from __future__ import annotations
 
+from unmix._lazy import lazy_getattr
+
 _LAZY = {
     "Network": ("unmix.runtime.network", "Network"),
     "NetworkSpec": ("unmix.runtime.network", "NetworkSpec"),
@@ -20,13 +22,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'unmix.runtime' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY)
