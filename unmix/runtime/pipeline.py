@@ -49,7 +49,6 @@ Conventions (the C++ core follows the same ones):
 from __future__ import annotations
 
 import dataclasses
-import operator
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -59,7 +58,7 @@ import numpy as np
 
 from unmix.diffusion.noise import STREAM_ABUNDANCE, counter_step, gaussian, spectra_noise
 from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
-from unmix.errors import InputError, UsageError
+from unmix.errors import InputError, UsageError, require_float, require_int
 from unmix.io.scene import Scene
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
@@ -75,29 +74,6 @@ _MIN_SCALE = 1e-6
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``"cnn"`` (pass-1 tiles), ``"spectra"`` (1D DDIM steps over
 all rounds) and ``"refine"`` (pass-2 tiles over all rounds)."""
-
-
-def _int(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
-    try:
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise UsageError(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        upper = "" if maximum is None else f" and <= {maximum}"
-        raise UsageError(f"{name} must be >= {minimum}{upper}, got {number}")
-    return number
-
-
-def _float(value: Any, name: str, minimum: float, maximum: float | None = None) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise UsageError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not np.isfinite(number) or number < minimum or (maximum is not None and number > maximum):
-        upper = "" if maximum is None else f" and <= {maximum}"
-        raise UsageError(f"{name} must be >= {minimum}{upper}, got {value!r}")
-    return number
 
 
 @dataclass
@@ -133,23 +109,23 @@ class PipelineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.steps = _int(self.steps, "steps", 1)
-        self.t0 = _int(self.t0, "t0", 0)
-        self.eta = _float(self.eta, "eta", 0.0, 1.0)
-        self.samples = _int(self.samples, "samples", 1, 65535)
-        self.rounds = _int(self.rounds, "rounds", 1)
-        self.tile = _int(self.tile, "tile", 1)
-        self.overlap = _int(self.overlap, "overlap", 0)
+        self.steps = require_int(self.steps, "steps", 1)
+        self.t0 = require_int(self.t0, "t0", 0)
+        self.eta = require_float(self.eta, "eta", 0.0, 1.0)
+        self.samples = require_int(self.samples, "samples", 1, 65535)
+        self.rounds = require_int(self.rounds, "rounds", 1)
+        self.tile = require_int(self.tile, "tile", 1)
+        self.overlap = require_int(self.overlap, "overlap", 0)
         if self.overlap >= self.tile:
             raise UsageError(f"overlap must be smaller than tile ({self.tile}), got {self.overlap}")
-        self.dc_weight = _float(self.dc_weight, "dc_weight", 0.0)
-        self.spectra_steps = _int(self.spectra_steps, "spectra_steps", 1)
-        self.spectra_t0 = _int(self.spectra_t0, "spectra_t0", 0)
-        self.spectra_eta = _float(self.spectra_eta, "spectra_eta", 0.0, 1.0)
+        self.dc_weight = require_float(self.dc_weight, "dc_weight", 0.0)
+        self.spectra_steps = require_int(self.spectra_steps, "spectra_steps", 1)
+        self.spectra_t0 = require_int(self.spectra_t0, "spectra_t0", 0)
+        self.spectra_eta = require_float(self.spectra_eta, "spectra_eta", 0.0, 1.0)
         if not isinstance(self.refine_spectra, (bool, np.bool_)):
             raise UsageError(f"refine_spectra must be true or false, got {self.refine_spectra!r}")
         self.refine_spectra = bool(self.refine_spectra)
-        self.seed = _int(self.seed, "seed", 0, 2**64 - 1)
+        self.seed = require_int(self.seed, "seed", 0, 2**64 - 1)
         counter_step(self.steps, self.steps - 1, self.rounds - 1)      # raises if the counters overflow
         counter_step(self.spectra_steps, self.spectra_steps - 1, self.rounds - 1)
 
