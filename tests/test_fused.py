@@ -26,6 +26,7 @@ from unmix.runtime.network import pipeline_specs
 from unmix.runtime.pipeline import PipelineConfig, predict_abundances, run_pipeline
 from unmix.runtime.tiling import tile_grid
 from unmix.train.checkpoint import save_checkpoint
+from unmix.runtime.pipeline import MAX_DC_WEIGHT
 from unmix.train.fused import (
     AbundanceStep,
     SpectraStep,
@@ -34,10 +35,12 @@ from unmix.train.fused import (
     fused_modules,
     load_torch_networks,
     project_simplex,
+    proximal_solve,
+    spd_inverse,
     spectral_norm_bound,
 )
 from unmix.train.models import HybridSTU, ResUNet
-from tests.test_pipeline import assert_physical, lipschitz_bound, make_scene
+from tests.test_pipeline import assert_physical, lipschitz_bound, make_scene, proximal
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -85,9 +88,9 @@ def abundance_edit(cube: np.ndarray, endmembers: np.ndarray, dc_weight: float):
 
     def edit(x0):
         a = (x0 + 1.0) / 2.0                                    # (N, p, h, w)
-        residual = np.einsum("nphw,pb->nbhw", a, E) - cube     # A E - Y
-        gradient = np.einsum("nbhw,pb->nphw", residual, E)     # (A E - Y) E^T
-        a = project_simplex_numpy(a - dc_weight / lipschitz_bound(E @ E.T) * gradient, axis=1)
+        Ey = np.einsum("pb,nbhw->pnhw", E, cube)
+        a = proximal(E @ E.T, Ey, a.transpose(1, 0, 2, 3), dc_weight).transpose(1, 0, 2, 3)
+        a = project_simplex_numpy(a, axis=1)
         return 2.0 * a - 1.0
     return edit
 
@@ -96,7 +99,7 @@ def spectra_edit(AtA: np.ndarray, AtY: np.ndarray, scale: np.ndarray, dc_weight:
     def edit(x0):
         s = scale.astype(np.float64)[:, None]
         spectra = s * (x0[:, 0, :] + 1.0) / 2.0
-        spectra = np.maximum(spectra - dc_weight / lipschitz_bound(AtA) * (AtA @ spectra - AtY), 0.0)
+        spectra = np.maximum(proximal(AtA, AtY, spectra, dc_weight), 0.0)
         return (2.0 * spectra / s - 1.0)[:, None, :]
     return edit
 
@@ -125,6 +128,27 @@ def test_spectral_norm_bound_and_projection():
     np.testing.assert_allclose(projected, project_simplex_numpy(values.astype(np.float64), axis=1), atol=1e-6)
     assert (projected >= 0).all()
     np.testing.assert_allclose(projected.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_spd_inverse_reaches_float32_accuracy_up_to_the_largest_weight():
+    """The in-graph Newton-Schulz inverse of the proximal matrix w G / s + I, for the condition numbers
+    the data-consistency weights allow (up to 1 + MAX_DC_WEIGHT p), with nearly collinear spectra."""
+    rng = np.random.default_rng(3)
+    for p in (2, 3, 6, 9):
+        base = rng.random(50)
+        E = base + 0.02 * rng.normal(size=(p, 50))            # nearly collinear: G badly conditioned
+        gram = E @ E.T
+        for weight in (1.0, 30.0, MAX_DC_WEIGHT):
+            matrix = weight * gram / (np.trace(gram) / p) + np.eye(p)
+            inverse = spd_inverse(torch.tensor(matrix, dtype=torch.float32)).double().numpy()
+            assert np.abs(inverse @ matrix - np.eye(p)).max() < 1e-5 * (1 + weight * p), (p, weight)
+            # The solve (with its refinement step) is as accurate as float32 and the conditioning allow.
+            data, prior = rng.normal(size=(p, 7)), rng.normal(size=(p, 7))
+            solved = proximal_solve(torch.tensor(gram, dtype=torch.float32), torch.tensor([weight]),
+                                    torch.tensor(data, dtype=torch.float32), torch.tensor(prior, dtype=torch.float32))
+            exact = proximal(gram, data, prior, weight)
+            error = np.abs(solved.double().numpy() - exact).max() / np.abs(exact).max()
+            assert error < 1e-6 + 1e-7 * (1 + weight * p), (p, weight, error)   # ~ eps32 * cond
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
@@ -159,8 +183,7 @@ def test_abundance_step_equals_the_explicit_reference(prediction):
             with torch.no_grad():
                 x0_hat = table[i, 7] * inputs[0] + table[i, 8] * step.unet(inputs[0], inputs[1])
                 a = ((x0_hat + 1) / 2).reshape(2, p, -1)
-                gram = inputs[5] @ inputs[5].T
-                a = a - 0.8 / spectral_norm_bound(gram) * (gram @ a - inputs[5] @ inputs[4].reshape(2, bands, -1))
+                a = proximal_solve(inputs[5] @ inputs[5].T, inputs[6], inputs[5] @ inputs[4].reshape(2, bands, -1), a)
                 x0_new = 2 * project_simplex(a, dim=1).reshape(2, p, size, size) - 1
                 other_noise = step(*inputs[:3], torch.randn(x_t.shape), *inputs[4:]).numpy()
             np.testing.assert_allclose(fused, x0_new.numpy(), atol=1e-6, rtol=0)
@@ -239,7 +262,7 @@ def test_pipeline_runs_end_to_end_over_torch_networks(checkpoint):
     assert set(networks) == {"hybridstu", "abundance_step", "spectra_step"}
     schedule = Schedule.from_config(config["schedule"])
     cfg = PipelineConfig.from_dict(config["train"]["inference"], steps=3, overlap=6, samples=2, eta=0.5, rounds=2,
-                                   spectra_steps=3, spectra_t0=100)
+                                   spectra_steps=3, refine_spectra=True, spectra_t0=100)
     result = run_pipeline(scene, networks, schedule, cfg)
     assert_physical(result, 3, scene.bands)
     assert result.uncertainty.shape == scene.shape[:2] and np.isfinite(result.uncertainty).all()

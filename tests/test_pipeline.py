@@ -39,6 +39,17 @@ def lipschitz_bound(gram: np.ndarray, squarings: int = 3) -> float:
     return max(trace * float(np.sqrt((power ** 2).sum())) ** (1.0 / 2 ** squarings), 1e-12)
 
 
+def proximal(gram: np.ndarray, data: np.ndarray, prior: np.ndarray, weight) -> np.ndarray:
+    """``(w G / s + I)^-1 (w data / s + prior)``, ``s = trace(G) / p``: the fused steps' proximal data
+    consistency (unmix.train.fused), float64; ``data`` and ``prior`` have p rows (any trailing shape)."""
+    w = float(np.asarray(weight).reshape(-1)[0])
+    p = gram.shape[0]
+    s = max(float(np.trace(gram)) / p, 1e-12)
+    shape = prior.shape
+    solved = np.linalg.solve(w * gram / s + np.eye(p), (w * data / s + prior).reshape(p, -1))
+    return solved.reshape(shape)
+
+
 def abundance_step_reference(x_t, out, coef, noise, cube, endmembers, dc_weight) -> np.ndarray:
     """One fused 2D step (unmix.train.fused.AbundanceStep's formulas) in float64; x (N, p, h, w)."""
     c = np.asarray(coef, dtype=np.float64)
@@ -46,10 +57,9 @@ def abundance_step_reference(x_t, out, coef, noise, cube, endmembers, dc_weight)
     E = np.asarray(endmembers, dtype=np.float64)
     x0 = c[7] * x_t + c[8] * np.asarray(out, dtype=np.float64)
     a = (x0 + 1.0) / 2.0
-    gram = E @ E.T
-    step = float(np.asarray(dc_weight).reshape(-1)[0]) / lipschitz_bound(gram)
-    gradient = np.einsum("qp,nphw->nqhw", gram, a) - np.einsum("pb,nbhw->nphw", E, np.asarray(cube, np.float64))
-    a = project_simplex(a - step * gradient, axis=1)
+    Ey = np.einsum("pb,nbhw->pnhw", E, np.asarray(cube, np.float64))
+    a = proximal(E @ E.T, Ey, a.transpose(1, 0, 2, 3), dc_weight).transpose(1, 0, 2, 3)
+    a = project_simplex(a, axis=1)
     x0 = 2.0 * a - 1.0
     eps = (x_t - c[2] * x0) / c[3]
     return c[4] * x0 + c[5] * eps + c[6] * np.asarray(noise, dtype=np.float64)
@@ -63,8 +73,7 @@ def spectra_step_reference(x_t, out, coef, noise, AtA, AtY, scale, dc_weight) ->
     s = np.maximum(np.asarray(scale, dtype=np.float64), 1e-12)[:, None]
     spectra = s * (x0[:, 0, :] + 1.0) / 2.0
     AtA = np.asarray(AtA, dtype=np.float64)
-    step = float(np.asarray(dc_weight).reshape(-1)[0]) / lipschitz_bound(AtA)
-    spectra = np.maximum(spectra - step * (AtA @ spectra - np.asarray(AtY, dtype=np.float64)), 0.0)
+    spectra = np.maximum(proximal(AtA, np.asarray(AtY, dtype=np.float64), spectra, dc_weight), 0.0)
     x0 = (2.0 * spectra / s - 1.0)[:, None, :]
     eps = (x_t - c[2] * x0) / c[3]
     return c[4] * x0 + c[5] * eps + c[6] * np.asarray(noise, dtype=np.float64)
@@ -222,14 +231,16 @@ def test_runtime_never_imports_torch():
 def test_outputs_are_physical_with_samples_and_rounds():
     scene = make_scene()
     E_true = scene.endmembers
-    cfg = PipelineConfig(steps=4, t0=200, eta=0.5, samples=3, rounds=2, tile=8, overlap=3, spectra_steps=3,
+    cfg = PipelineConfig(steps=4, t0=200, eta=0.5, samples=3, rounds=2, tile=8, overlap=3, spectra_steps=3, refine_spectra=True,
                          spectra_t0=100)
     nets = analytic_networks(E_true, scene.bands, 8)
     events = []
     result = run_pipeline(scene, nets, SCHEDULE, cfg, progress=lambda *e: events.append(e))
     assert_physical(result, 3, scene.bands)
     assert result.abundances.shape == (20, 23, 3) and result.rmse.shape == (20, 23)
-    assert result.uncertainty.shape == (20, 23) and (result.uncertainty > 0).all()
+    # Pixels the simplex pins to a vertex in every sample have no spread; the mixed ones do.
+    assert result.uncertainty.shape == (20, 23) and (result.uncertainty >= 0).all()
+    assert (result.uncertainty > 0).mean() > 0.5
     per_endmember = result.uncertainty_per_endmember
     assert per_endmember.shape == (20, 23, 3) and per_endmember.dtype == np.float32 and (per_endmember >= 0).all()
     # Blending is linear: the mean over endmembers of the blended spreads is the blended mean spread.
@@ -250,7 +261,8 @@ def test_outputs_are_physical_with_samples_and_rounds():
 
 def test_point_prior_step_has_its_closed_form_and_data_consistency_lowers_the_residual():
     """With a point prior (x0_hat = uniform abundances whatever x_t) every step's x0 is one projected
-    gradient step from the uniform abundances, and the last step returns it: a closed form."""
+    proximal data-consistency step from the uniform abundances, and the last step returns it: a closed
+    form."""
     scene = make_scene(snr_db=None)
     E = scene.endmembers
     p, bands = E.shape
@@ -262,8 +274,8 @@ def test_point_prior_step_has_its_closed_form_and_data_consistency_lowers_the_re
     np.testing.assert_allclose(without.abundances, 1.0 / p, atol=1e-6)
     cube = scene.read().astype(np.float64)
     uniform = np.full(cube.shape[:2] + (p,), 1.0 / p)
-    step = 1.0 / lipschitz_bound(E32 @ E32.T)
-    expected = project_simplex(uniform - step * (uniform @ E32 - cube) @ E32.T, axis=-1)
+    solved = proximal(E32 @ E32.T, (cube @ E32.T).reshape(-1, p).T, uniform.reshape(-1, p).T, 1.0)
+    expected = project_simplex(solved.T.reshape(uniform.shape), axis=-1)
     np.testing.assert_allclose(with_dc.abundances, expected, atol=2e-6)
     assert np.nanmean(with_dc.rmse) < 0.9 * np.nanmean(without.rmse)
 
@@ -285,8 +297,8 @@ def test_data_consistency_lowers_the_residual_over_a_loop():
 
 
 def test_spectra_refinement_has_its_closed_form():
-    """Point prior on the spectra at E_init: the refined E is one projected gradient step from E_init
-    on 1/2 ||Y - A0 E||^2 using only A0^T A0 and A0^T Y (pixel means)."""
+    """Point prior on the spectra at E_init: the refined E is one proximal step from E_init on
+    ||Y - A0 E||^2 using only A0^T A0 and A0^T Y (pixel means), clipped at 0."""
     scene = make_scene()
     E = scene.endmembers
     p, bands = E.shape
@@ -294,7 +306,8 @@ def test_spectra_refinement_has_its_closed_form():
     scale = E_init.astype(np.float32).max(axis=1).astype(np.float64)
     x0_init = 2.0 * E_init.astype(np.float32) / scale[:, None].astype(np.float32) - 1.0
     nets = analytic_networks(E, bands, 8, spectra_prior=gaussian_prior_x0(x0_init[:, None, :].astype(np.float64), 0.0))
-    cfg = PipelineConfig(steps=2, t0=100, tile=8, overlap=2, spectra_steps=4, spectra_t0=100)
+    cfg = PipelineConfig(steps=2, t0=100, tile=8, overlap=2, spectra_steps=4, spectra_t0=100,
+                         refine_spectra=True)
     result = run_pipeline(scene, nets, SCHEDULE, cfg, endmembers=E_init)
     A0 = least_squares_cnn(E)(scene.read().transpose(2, 0, 1)[None])[0].transpose(1, 2, 0)
     A0 = A0.astype(np.float32).astype(np.float64).reshape(-1, p)
@@ -302,7 +315,7 @@ def test_spectra_refinement_has_its_closed_form():
     AtA = (A0.T @ A0 / len(A0)).astype(np.float32).astype(np.float64)
     AtY = (A0.T @ Y / len(A0)).astype(np.float32).astype(np.float64)
     start = scale[:, None] * (x0_init + 1.0) / 2.0
-    expected = np.maximum(start - (AtA @ start - AtY) / lipschitz_bound(AtA), 0.0)
+    expected = np.maximum(proximal(AtA, AtY, start, 1.0), 0.0)
     np.testing.assert_allclose(result.endmembers, expected, rtol=1e-5, atol=1e-6)
     objective = lambda M: 0.5 * np.sum(M * (AtA @ M)) - np.sum(M * AtY)  # noqa: E731
     assert objective(expected) < objective(E_init)
@@ -311,7 +324,7 @@ def test_spectra_refinement_has_its_closed_form():
 @pytest.mark.parametrize("tile, overlap", [(8, 3), (5, 0), (12, 5)])
 def test_tiled_equals_untiled_exactly_with_pixelwise_networks(tile, overlap):
     scene = make_scene()
-    settings = dict(steps=3, t0=200, eta=0.7, samples=2, rounds=2, spectra_steps=2, spectra_t0=60,
+    settings = dict(steps=3, t0=200, eta=0.7, samples=2, rounds=2, spectra_steps=2, refine_spectra=True, spectra_t0=60,
                     spectra_eta=0.5, seed=11)
     whole = run_pipeline(scene, analytic_networks(scene.endmembers, scene.bands, 32), SCHEDULE,
                          PipelineConfig(tile=32, overlap=0, **settings))
@@ -325,7 +338,7 @@ def test_tiled_equals_untiled_exactly_with_pixelwise_networks(tile, overlap):
 def test_same_seed_is_bit_identical_and_the_seed_matters():
     scene = make_scene(height=11, width=9)
     nets = analytic_networks(scene.endmembers, scene.bands, 8)
-    cfg = dict(steps=3, t0=200, eta=1.0, samples=2, tile=8, overlap=2, spectra_steps=2, spectra_t0=50,
+    cfg = dict(steps=3, t0=200, eta=1.0, samples=2, tile=8, overlap=2, spectra_steps=2, refine_spectra=True, spectra_t0=50,
                spectra_eta=1.0)
     first = run_pipeline(scene, nets, SCHEDULE, PipelineConfig(seed=5, **cfg))
     again = run_pipeline(scene, nets, SCHEDULE, PipelineConfig(seed=5, **cfg))
@@ -341,7 +354,7 @@ def test_cubes_smaller_than_a_tile_are_padded(height, width):
     scene = make_scene(height=height, width=width)
     nets = analytic_networks(scene.endmembers, scene.bands, 8)
     result = run_pipeline(scene, nets, SCHEDULE, PipelineConfig(steps=2, t0=100, tile=8, overlap=2,
-                                                                samples=2, spectra_steps=2))
+                                                                samples=2, spectra_steps=2, refine_spectra=True))
     assert result.abundances.shape == (height, width, 3) and result.uncertainty.shape == (height, width)
     assert_physical(result, 3, scene.bands)
     assert nets["hybridstu"].calls == 1
@@ -355,7 +368,7 @@ def test_nan_pixels_are_masked():
     cube[19, 22] = np.inf
     holes = ~np.isfinite(cube).all(axis=-1)
     masked = Scene.from_array(cube, name="holes")
-    cfg = PipelineConfig(steps=3, t0=200, eta=0.3, samples=2, tile=8, overlap=3, spectra_steps=2)
+    cfg = PipelineConfig(steps=3, t0=200, eta=0.3, samples=2, tile=8, overlap=3, spectra_steps=2, refine_spectra=True)
     nets = analytic_networks(scene.endmembers, scene.bands, 8)
     result = run_pipeline(masked, nets, SCHEDULE, cfg)
     assert np.isnan(result.abundances[holes]).all() and np.isnan(result.rmse[holes]).all()
@@ -392,7 +405,7 @@ def test_contract_errors_are_one_clear_sentence():
         run_pipeline(scene, wrong_bands, SCHEDULE, PipelineConfig(tile=8, overlap=2))
     with pytest.raises(UsageError, match="needs the network 'spectra_step'"):
         run_pipeline(scene, {k: v for k, v in nets.items() if k != "spectra_step"}, SCHEDULE,
-                     PipelineConfig(tile=8, overlap=2))
+                     PipelineConfig(tile=8, overlap=2, refine_spectra=True))
     with pytest.raises(UsageError, match="K \\(DDIM steps\\) must be <= t0 \\+ 1"):
         run_pipeline(scene, nets, SCHEDULE, PipelineConfig(tile=8, overlap=2, steps=20, t0=5))
     with pytest.raises(UsageError, match="overlap must be smaller than tile"):
@@ -410,7 +423,7 @@ def test_coefficient_table_drives_both_parametrisations():
     """The analytic step reads only the table, so a v-prediction schedule gives the same physics."""
     scene = make_scene(height=7, width=6)
     nets = analytic_networks(scene.endmembers, scene.bands, 8)
-    cfg = PipelineConfig(steps=3, t0=200, tile=8, overlap=2, spectra_steps=2)
+    cfg = PipelineConfig(steps=3, t0=200, tile=8, overlap=2, spectra_steps=2, refine_spectra=True)
     eps = run_pipeline(scene, nets, Schedule(kind="cosine", prediction="epsilon"), cfg)
     v = run_pipeline(scene, nets, Schedule(kind="cosine", prediction="v"), cfg)
     np.testing.assert_allclose(v.abundances, eps.abundances, atol=1e-5)

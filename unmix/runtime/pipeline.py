@@ -4,15 +4,18 @@ Flow (DESIGN.md, "How unmix-run flows")::
 
     pass 1   every tile: HybridSTU -> A0 tile; blended into A0 (H, W, p)
     stats    A^T A (p, p) and A^T Y (p, B) over the valid pixels (a read of the cube in fixed blocks)
-    E0       non-negative least squares from the statistics (or the caller's ``endmembers``)
+    E0       the model's endmembers (learnt with HybridSTU, from the manifest) or, with
+             ``initial_endmembers="statistics"`` or no model spectra, non-negative least squares from the statistics
     round r = 0..R-1:
       spectra  (refine_spectra) SDEdit of E: normalise, noise to ``spectra_t0``, ``spectra_steps``
-               fused 1D DDIM steps whose data consistency needs only A^T A and A^T Y
+               fused 1D DDIM steps whose proximal data consistency (weight ``spectra_dc_weight``)
+               needs only A^T A and A^T Y
       pass 2   every tile, every sample s < S: x = 2 A - 1 noised to ``t0``, ``steps`` fused 2D DDIM
-               steps (data consistency against the tile's Y with E fixed, simplex projection);
+               steps (proximal data consistency, weight ``dc_weight``, against the tile's Y with E
+               fixed; simplex projection);
                mean (and spread) over the samples, blended into A
-      stats    A^T A, A^T Y and the per-pixel RMSE of the blended A; round r + 1 starts from
-               E = NNLS(statistics of A)
+      stats    A^T A, A^T Y and the per-pixel RMSE of the blended A; round r + 1 refines E against
+               them (without the 1D loop: E = NNLS(statistics of A))
 
 Conventions (the C++ core follows the same ones):
 
@@ -70,6 +73,9 @@ __all__ = ["PipelineConfig", "PipelineResult", "ProgressCallback", "STATISTICS_B
 
 STATISTICS_BLOCK = 256
 _MIN_SCALE = 1e-6
+#: The largest data-consistency weight (keeps ``w G + I`` well conditioned in float32: cond <= 1 + w p).
+MAX_DC_WEIGHT = 1000.0
+INITIAL_ENDMEMBERS = ("model", "statistics")
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``"cnn"`` (pass-1 tiles), ``"spectra"`` (1D DDIM steps over
@@ -88,24 +94,31 @@ class PipelineConfig:
         rounds: R, alternations of (endmembers, abundances).
         tile: T, the networks' static tile size (must match them).
         overlap: pixels shared by neighbouring tiles (``< tile``).
-        dc_weight: data-consistency step in units of ``1 / L`` (L the Lipschitz constant; 0 disables it).
+        dc_weight: w, the weight of the data in the 2D step's proximal data consistency
+            ``argmin_a w ||y - E^T a||^2 / s + ||a - a_hat||^2`` (``s = trace(E E^T) / p``; 0 disables it,
+            at most :data:`MAX_DC_WEIGHT`).
         spectra_steps, spectra_t0, spectra_eta: the 1D DDIM loop over the endmembers.
-        refine_spectra: run the 1D loop (else E is the NNLS estimate).
+        spectra_dc_weight: the same weight for the 1D step (data: A^T A, A^T Y; prior: the denoised E).
+        refine_spectra: run the 1D loop (else E stays the initial estimate).
+        initial_endmembers: ``"model"`` (the spectra learnt with HybridSTU, when given) or
+            ``"statistics"`` (non-negative least squares from pass 1's A^T A and A^T Y).
         seed: the Philox key (0 .. 2^64 - 1).
     """
 
     steps: int = 10
-    t0: int = 300
+    t0: int = 100
     eta: float = 0.0
     samples: int = 1
     rounds: int = 1
     tile: int = 64
     overlap: int = 16
-    dc_weight: float = 1.0
+    dc_weight: float = 30.0
     spectra_steps: int = 10
     spectra_t0: int = 200
     spectra_eta: float = 0.0
-    refine_spectra: bool = True
+    spectra_dc_weight: float = 1.0
+    refine_spectra: bool = False
+    initial_endmembers: str = "model"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -118,7 +131,11 @@ class PipelineConfig:
         self.overlap = require_int(self.overlap, "overlap", 0)
         if self.overlap >= self.tile:
             raise UsageError(f"overlap must be smaller than tile ({self.tile}), got {self.overlap}")
-        self.dc_weight = require_float(self.dc_weight, "dc_weight", 0.0)
+        self.dc_weight = require_float(self.dc_weight, "dc_weight", 0.0, MAX_DC_WEIGHT)
+        self.spectra_dc_weight = require_float(self.spectra_dc_weight, "spectra_dc_weight", 0.0, MAX_DC_WEIGHT)
+        if self.initial_endmembers not in INITIAL_ENDMEMBERS:
+            raise UsageError(f"initial_endmembers must be one of {', '.join(INITIAL_ENDMEMBERS)}, "
+                             f"got {self.initial_endmembers!r}")
         self.spectra_steps = require_int(self.spectra_steps, "spectra_steps", 1)
         self.spectra_t0 = require_int(self.spectra_t0, "spectra_t0", 0)
         self.spectra_eta = require_float(self.spectra_eta, "spectra_eta", 0.0, 1.0)
@@ -289,7 +306,7 @@ def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY:
     z = spectra_noise(cfg.seed, counter_step(K, None, round_index), 0, p, B)[:, None, :]
     x = (table[0, 2] * x0 + table[0, 3] * z).astype(np.float32)
     fixed = {"AtA": (AtA / count).astype(np.float32), "AtY": (AtY / count).astype(np.float32),
-             "scale": scale, "dc_weight": np.array([cfg.dc_weight], dtype=np.float32)}
+             "scale": scale, "dc_weight": np.array([cfg.spectra_dc_weight], dtype=np.float32)}
     for i, t in enumerate(timesteps.tolist()):
         if table[i, 6] > 0:
             noise = spectra_noise(cfg.seed, counter_step(K, i, round_index), 0, p, B)[:, None, :]
@@ -380,7 +397,8 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         schedule: the diffusion schedule the step networks were trained with.
         config: inference settings (defaults: :class:`PipelineConfig`); ``config.tile`` must equal T.
         progress: optional ``progress(stage, done, total)`` callback.
-        endmembers: optional (p, B) starting endmembers used instead of the NNLS estimate of pass 1.
+        endmembers: optional (p, B) model endmembers (the manifest's), the starting point when
+            ``config.initial_endmembers == "model"``; without them E0 comes from the statistics.
 
     Returns:
         A :class:`PipelineResult`.
@@ -421,7 +439,8 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
 
     t = time.perf_counter()
     AtA, AtY, count, mask, _ = _statistics(scene, abundances, None)
-    E = endmembers if endmembers is not None else endmembers_from_abundances(AtA, AtY)
+    from_model = endmembers is not None and cfg.initial_endmembers == "model"
+    E = endmembers if from_model else endmembers_from_abundances(AtA, AtY)
     timings["statistics_s"] = time.perf_counter() - t
     timings["spectra_s"] = 0.0
     timings["refine_s"] = 0.0
@@ -431,7 +450,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
     uncertainty = per_endmember = None
     rmse = None
     for round_index in range(cfg.rounds):
-        if round_index > 0:
+        if round_index > 0 and not cfg.refine_spectra:
             E = endmembers_from_abundances(AtA, AtY)
         if cfg.refine_spectra:
             t = time.perf_counter()
@@ -468,7 +487,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         "endmembers": p,
         "tiles": len(grid),
         "valid_pixels": int(mask.sum()),
-        "initial_endmembers": "given" if endmembers is not None else "nnls",
+        "initial_endmembers_used": "model" if from_model else "statistics",
     })
     return PipelineResult(abundances=abundances, endmembers=E.astype(np.float32), rmse=rmse,
                           uncertainty=uncertainty, timings=timings, config=settings,

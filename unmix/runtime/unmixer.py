@@ -85,7 +85,8 @@ class Unmixer:
         config = self.settings(**overrides)
         if config.tile != self._tile():
             raise UsageError(f"tile {config.tile} differs from the exported networks' tile {self._tile()}")
-        result = run_pipeline(scene, self.networks, self.schedule, config, progress=progress)
+        result = run_pipeline(scene, self.networks, self.schedule, config, progress=progress,
+                              endmembers=self.manifest.endmembers)
         return Result(abundances=result.abundances, endmembers=result.endmembers,
                       names=list(self.manifest.endmember_names), rmse=result.rmse,
                       uncertainty=result.uncertainty, timings=result.timings, config=result.config, notes=notes)

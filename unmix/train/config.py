@@ -63,7 +63,7 @@ class InferenceConfig:
     """Recorded with the checkpoint; the runtime uses it unless told otherwise."""
 
     steps: int = 10      # DDIM steps K
-    t0: int = 300        # abundance refinement starts from A0 noised to this level
+    t0: int = 100        # abundance refinement starts from A0 noised to this level
     eta: float = 0.0
     samples: int = 1
     rounds: int = 1
