@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= cpu,openvino,plot,train,export,dev
+EXTRAS ?= cpu,openvino,plot,train,export,ray,dev
 DEMO   ?= out/demo
 
 .PHONY: demo test venv clean

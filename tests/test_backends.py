@@ -259,6 +259,30 @@ def test_backend_runs_the_graph(model_dir, backend):
     np.testing.assert_allclose(second["abundances"].sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_onnxruntime_binds_static_io_and_results_own_their_memory(model_dir):
+    """IOBinding on CPU: preallocated buffers per thread; every result is a fresh array of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unmix.runtime.backends.onnxruntime_backend import open_network
+
+    entry = load_manifest(model_dir).network("hybridstu")
+    network = load_networks(model_dir, "onnxruntime", threads=1)["hybridstu"]
+    assert network.io_binding and "io_binding=True" in repr(network)
+    first = network({"cube": _cube()})["abundances"]
+    second = network({"cube": _cube(1)})["abundances"]
+    assert first.flags.owndata and first.flags.writeable and not np.shares_memory(first, second)
+    np.testing.assert_allclose(first, _expected(_cube()), atol=2e-6)   # not overwritten by the second call
+    first[:] = -1.0                                                     # nor does writing to it reach the buffers
+    np.testing.assert_allclose(network({"cube": _cube(1)})["abundances"], second, atol=0)
+    with ThreadPoolExecutor(4) as pool:                                 # one binding per thread
+        results = list(pool.map(lambda seed: network({"cube": _cube(seed)})["abundances"], range(12)))
+    for seed, result in enumerate(results):
+        np.testing.assert_allclose(result, _expected(_cube(seed)), atol=2e-6)
+    plain = open_network(entry.path, entry.inputs, entry.outputs, threads=1, io_binding=False, name="hybridstu")
+    assert not plain.io_binding
+    np.testing.assert_array_equal(plain({"cube": _cube(1)})["abundances"], second)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_feed_mismatch_is_a_clear_error(model_dir, backend):
     network = load_networks(model_dir, backend)["hybridstu"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from unmix.runtime.network import call_network, check_network, pipeline_specs  #
 from unmix.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from unmix.train.models import HybridSTU, ResUNet  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 BANDS, P, TILE = 20, 3, 16
 NETWORKS = ("hybridstu", "abundance_step", "spectra_step")
 BACKENDS = ("onnxruntime", "openvino")
@@ -174,10 +177,16 @@ def test_cache_skips_unchanged_and_reexports_changed_weights(exported, checkpoin
 
 
 def test_fp16_export_keeps_the_sensitive_parts_in_float32(exported, checkpoint, tmp_path):
+    """``unmix-export --fp16 --check``: fp16 graphs checked against fp32 with numpy and polygraphy, for real."""
     out = _copy(exported, tmp_path)
-    messages: list[str] = []
-    document = export(checkpoint, out, tile=TILE, fp16=True, progress=messages.append)
+    done = subprocess.run([sys.executable, "-m", "unmix.export.cli", str(checkpoint), "--out", str(out),
+                           "--tile", str(TILE), "--fp16", "--check", "--json"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    messages = done.stderr.splitlines()
     assert sum("(fp32): unchanged" in m for m in messages) == 3      # the fp32 stage came from the cache
+    document = json.loads(done.stdout)
+    assert json.loads((out / "manifest.json").read_text()) == document
     manifest = load_manifest(out, verify=True)
     models, config = load_checkpoint(checkpoint)
     contracts = export_contracts(models, config, tile=TILE, seed=5)
@@ -190,6 +199,15 @@ def test_fp16_export_keeps_the_sensitive_parts_in_float32(exported, checkpoint, 
         assert checks["tolerance"] == FP16_TOLERANCE and "casting to float32" in checks["note"]
         for backend in BACKENDS:
             assert checks[backend]["max_abs"] <= FP16_TOLERANCE
+        polygraphy = checks["polygraphy"]          # polygraphy's Comparator, fp32 then fp16 on ONNX Runtime CPU
+        assert polygraphy["compared_with"] == "polygraphy Comparator" and polygraphy["polygraphy_passed"] is True
+        assert polygraphy["runners"] == ["fp32-onnxruntime-cpu", "fp16-onnxruntime-cpu"]
+        assert polygraphy["tolerance"] == FP16_TOLERANCE and polygraphy["rtol"] == 0.0
+        assert 0 < polygraphy["max_abs"] <= FP16_TOLERANCE          # fp16 weights do change the result, a little
+        assert polygraphy["mean_abs"] <= polygraphy["max_abs"] and "casting to float32" in polygraphy["note"]
+        assert set(polygraphy["outputs"]) == set(entry.outputs)
+        line = next(m for m in messages if m.startswith(f"unmix-export: {name} (fp16): max abs difference"))
+        assert f"polygraphy (onnxruntime) {polygraphy['max_abs']:.2g}" in line
         report = precision_report(entry.path)
         assert report == checks["precision"]
         assert report["Conv"] == {"float16": report["Conv"].get("float16", 0)} and report["Conv"]["float16"] > 0
@@ -236,3 +254,29 @@ def test_export_refuses_a_foreign_folder(checkpoint, tmp_path):
     with pytest.raises(OutputError, match="is not an exported unmix model"):
         export(checkpoint, foreign, tile=TILE)
     assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_pipeline_matches_eager_torch(exported, checkpoint, backend):
+    """The two-pass pipeline (HybridSTU, 1D and 2D DDIM loops, overlapping tiles, stochastic samples) on the
+    exported graphs against the same pipeline on the eager torch modules: within 1e-4 everywhere."""
+    from unmix.io.scene import Scene
+    from unmix.runtime.pipeline import PipelineConfig, run_pipeline
+    from unmix.train.fused import load_torch_networks
+
+    manifest = load_manifest(exported[0])
+    rng = np.random.default_rng(3)
+    abundances = rng.dirichlet(np.ones(P) * 0.5, size=(23, 29))
+    cube = abundances @ manifest.endmembers + rng.normal(0, 0.003, (23, 29, BANDS))
+    scene = Scene.from_array(cube.astype(np.float32), wavelengths=manifest.wavelengths)
+    settings = PipelineConfig(steps=4, t0=200, eta=0.5, samples=2, tile=TILE, overlap=4, refine_spectra=True,
+                              spectra_steps=3, spectra_t0=100, seed=9)
+    schedule = Schedule.from_config(manifest.schedule)
+    torch_networks, _ = load_torch_networks(checkpoint, tile=TILE)
+    want = run_pipeline(scene, torch_networks, schedule, settings, endmembers=manifest.endmembers)
+    got = run_pipeline(scene, load_networks(manifest, backend), schedule, settings, endmembers=manifest.endmembers)
+    for key in ("abundances", "endmembers", "rmse", "uncertainty"):
+        a, b = getattr(got, key), getattr(want, key)
+        assert a.shape == b.shape and np.isfinite(b).all(), key
+        assert np.abs(a - b).max() <= FP32_TOLERANCE, (key, backend, float(np.abs(a - b).max()))
+    assert want.uncertainty.max() > 0 and np.abs(want.endmembers - manifest.endmembers).max() > 1e-3

@@ -84,11 +84,17 @@ def test_unmix_run_writes_a_bundle_without_torch(exported, tmp_path):
     oracle = spectral.envi.open(str(bundle / "scene.abund.hdr"))
     assert oracle.shape == (40, 36, 3)
     assert oracle.metadata["band names"] == ["endmember_1", "endmember_2", "endmember_3"]
+    # Spectral Python splits brace values on commas: map info comes back as its fields, every one intact
+    assert oracle.metadata["map info"] == ["UTM", "1.000", "1.000", "500000.000", "4100000.000", "30.0", "30.0", "11",
+                                           "North", "WGS-84", "units=Meters", "rotation=15.0"]
+    assert ",".join(oracle.metadata["coordinate system string"]) == 'PROJCS["WGS_1984_UTM_Zone_11N"' \
+        ',GEOGCS["GCS_WGS_1984"]]'
     source = read_cube(header)
     ours = read_cube(bundle / "scene.abund.hdr")
     assert ours.map_info == source.map_info and ours.coordinate_system == source.coordinate_system
     np.testing.assert_allclose(np.asarray(oracle.load()).sum(-1), 1.0, atol=1e-5)
-    run = json.loads((bundle / "scene.run.json").read_text())
+    run = json.loads((bundle / "scene.run.json").read_text(), parse_constant=_not_json)
+    validate_run_json(run)
     assert run["format"] == "unmix-run/1" and run["input"]["shape"] == [40, 36, 24]
     assert set(run["model"]["networks"]) == {"hybridstu", "abundance_step", "spectra_step"}
     assert len(run["endmembers"]) == 3 and run["settings"]["samples"] == 3
@@ -99,6 +105,49 @@ def test_unmix_run_writes_a_bundle_without_torch(exported, tmp_path):
     assert scored.returncode == 0, scored.stderr
     metrics = json.loads(scored.stdout)
     assert 0 <= metrics["abundance_rmse"] < 0.5 and metrics["psnr_db"] > 10
+
+
+def _not_json(constant: str):
+    raise AssertionError(f"run.json holds {constant}, which is not JSON")
+
+
+_NUMBER = (int, float)
+#: key -> type (or a nested schema) of every run.json; "?" after a key: the value may be null.
+RUN_SCHEMA = {
+    "format": str,
+    "input": {"path": str, "shape": list, "reflectance_scale?": _NUMBER, "masked_pixels": int},
+    "model": {"path": str, "networks": dict},
+    "backend": str,
+    "versions": dict,
+    "wall_s": _NUMBER,
+    "notes": list,
+    "endmembers": list,
+    "timings": dict,
+    "settings": dict,
+}
+
+
+def validate_run_json(run: dict, schema: dict = RUN_SCHEMA, where: str = "run.json") -> None:
+    """Every key of ``schema`` present with its type (nested objects checked the same way)."""
+    assert isinstance(run, dict), where
+    for key, kind in schema.items():
+        name, nullable = key.rstrip("?"), key.endswith("?")
+        assert name in run, f"{where}: key {name!r} is missing"
+        value = run[name]
+        if value is None and nullable:
+            continue
+        if isinstance(kind, dict):
+            validate_run_json(value, kind, f"{where}.{name}")
+        else:
+            assert isinstance(value, kind) and not isinstance(value, bool), f"{where}.{name}: {value!r}"
+    if schema is RUN_SCHEMA:
+        assert all(isinstance(size, int) and size > 0 for size in run["input"]["shape"])
+        assert all(isinstance(v, str) and len(v) == 64 for v in run["model"]["networks"].values())
+        assert all(isinstance(v, _NUMBER) and v >= 0 for v in run["timings"].values())
+        assert all(isinstance(note, str) for note in run["notes"])
+        for stats in run["endmembers"]:
+            assert set(stats) >= {"name", "mean_abundance", "max_abundance", "dominant_fraction"}
+            assert 0 <= stats["mean_abundance"] <= stats["max_abundance"] <= 1 + 1e-6
 
 
 def _truncate(path: Path) -> None:

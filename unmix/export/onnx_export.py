@@ -17,8 +17,10 @@ OpenVINO (when installed): max abs difference <= :data:`FP32_TOLERANCE`. The **f
 that stay float32 (the timestep embedding and its MLPs, the GroupNorm statistics and affine, the
 softmax, and all of the fused update: data consistency, projection, DDIM arithmetic), its inputs cast
 to float16 inside the graph and its outputs back to float32; checked against the fp32 graph on the
-same backend to :data:`FP16_TOLERANCE`. ONNX Runtime's CPU provider runs most fp16 ops on x86 by
-casting them to float32, so this check covers the graph's structure and its fp32-pinned ops, not
+same backend to :data:`FP16_TOLERANCE` (max abs), with numpy on ONNX Runtime and OpenVINO and with
+polygraphy's ``Comparator`` (two ONNX Runtime CPU runners, fp32 then fp16, ``atol`` = the bound,
+``rtol`` = 0; recorded as ``checks.polygraphy``). ONNX Runtime's CPU provider runs most fp16 ops on x86
+by casting them to float32, so these checks cover the graph's structure and its fp32-pinned ops, not
 fp16 arithmetic (recorded with the figures).
 
 Cache: a stage's key is the sha256 of (export format, network, precision, tile, batch, opset, the
@@ -406,8 +408,38 @@ def _check_fp16(path: Path, reference_path: Path, contract: ExportContract, tole
         if not figures["max_abs"] <= tolerance:
             raise ExportCheckError(f"{label}: the fp16 graph differs from the fp32 one by {figures['max_abs']:.3g} "
                                    f"(max abs) on {backend}, more than the tolerance {tolerance:g}")
+    checks["polygraphy"] = _polygraphy_fp16(path, reference_path, contract, tolerance, label)
     checks["precision"] = precision_report(path)
     return checks
+
+
+def _polygraphy_fp16(path: Path, reference_path: Path, contract: ExportContract, tolerance: float,
+                     label: Path) -> dict[str, Any] | None:
+    """polygraphy ``Comparator``: the fp32 graph then the fp16 graph on ONNX Runtime CPU, same sample inputs.
+
+    Returns the figures (``max_abs``, ``mean_abs``, per output, polygraphy's verdict with ``atol`` =
+    ``tolerance`` and ``rtol`` = 0), or None when polygraphy is not installed (the ``export`` extra).
+    """
+    try:
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+        from polygraphy.logger import G_LOGGER
+    except ImportError:
+        return None
+    from importlib import metadata
+
+    from unmix.export.tensorrt_build import polygraphy_compare
+
+    providers = ["CPUExecutionProvider"]
+    runners = [OnnxrtRunner(SessionFromOnnx(str(reference_path), providers=providers), name="fp32-onnxruntime-cpu"),
+               OnnxrtRunner(SessionFromOnnx(str(path), providers=providers), name="fp16-onnxruntime-cpu")]
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        figures = polygraphy_compare(runners, contract.sample_inputs, tolerance)
+    figures.update({"runners": [runner.name for runner in runners], "rtol": 0.0,
+                    "polygraphy": metadata.version("polygraphy"), "note": FP16_NOTE})
+    if not (figures["passed"] and figures["polygraphy_passed"]):
+        raise ExportCheckError(f"{label}: polygraphy finds the fp16 graph {figures['max_abs']:.3g} (max abs) from "
+                               f"the fp32 one on onnxruntime, more than the tolerance {tolerance:g}")
+    return figures
 
 
 def precision_report(path: str | os.PathLike) -> dict[str, dict[str, int]]:
@@ -586,7 +618,8 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
                 f"({details['nodes']['exported']} -> {details['nodes']['final']} nodes)")
         located[file] = path
         record["sha256"] = file_sha256(path)
-        if check and record.get("checks") is None:
+        stale = precision != "fp32" and isinstance(record.get("checks"), dict) and "polygraphy" not in record["checks"]
+        if check and (record.get("checks") is None or stale):
             if precision == "fp32":
                 record["checks"] = _check_fp32(path, contract, float(fp32_tolerance), out_dir / file)
             else:
@@ -594,7 +627,11 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
                                                out_dir / file)
             figures = ", ".join(f"{b} {record['checks'][b]['max_abs']:.2g}" for b in ("onnxruntime", "openvino")
                                 if record["checks"].get(b))
-            say(f"{contract.name} ({precision}): max abs difference {figures}")
+            if record["checks"].get("polygraphy"):
+                figures += f", polygraphy (onnxruntime) {record['checks']['polygraphy']['max_abs']:.2g}"
+            reference_name = "torch" if precision == "fp32" else "the fp32 graph"
+            say(f"{contract.name} ({precision}): max abs difference from {reference_name}: {figures} "
+                f"(tolerance {record['checks']['tolerance']:g})")
         return record
 
     try:

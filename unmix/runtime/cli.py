@@ -1,10 +1,17 @@
 """``unmix-run`` and ``unmix-eval``: the edge runtime's command lines (no torch).
 
-Exit codes: 0 ok, 2 usage, 65 bad data, 66 missing input, 73 cannot create output, 74 I/O error.
+Exit codes: 0 ok, 2 usage, 65 bad data, 66 missing input, 69 the Ray cluster cannot be reached,
+70 internal error, 73 cannot create output, 74 I/O error.
+
+Several cubes run one after another, in a process pool (``--jobs N``) or as Ray tasks (``--ray ADDRESS``,
+the ``ray`` extra); every way runs the same per-cube job (:func:`_run_one`: load the model once per
+worker, unmix, write the bundle atomically) and reports errors the same way.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +60,13 @@ class _Progress:
 
 
 _WORKER: dict[str, Any] = {}
+_RAY_EXTRA = "pip install 'unmix[ray]'"
+
+
+class RayUnavailableError(UnmixError):
+    """Ray could not be started, or the cluster at the given address cannot be reached."""
+
+    exit_code = 69
 
 
 def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None, overrides: dict[str, Any],
@@ -102,6 +116,89 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
         return {"cube": cube, "ok": False, "error": f"{cube}: {exc}", "exit_code": 74}
 
 
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--ray needs Ray, which is not installed: {_RAY_EXTRA}") from None
+    return ray
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _check_reachable(option: str, address: str, timeout: float = 5.0) -> None:
+    """Refuse an address whose host:port does not accept a TCP connection (ray.init would wait for it)."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {option}: expected 'local', 'auto', host:port or ray://host:port, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailableError(f"--ray {option}: cannot start or reach Ray (nothing answers at {host}:{port}: "
+                                  f"{exc.strerror or exc})") from None
+
+
+def _start_ray(ray, address: str, cpus: int) -> str:
+    """Connect to (or start) Ray; returns what was done, for the log line.
+
+    ``local``: a private Ray instance on this machine with ``cpus`` CPUs, shut down at the end.
+    ``auto``: the cluster running on this machine (``ray start``) or at ``RAY_ADDRESS``; a private
+    local one when there is none. Anything else: a cluster address (``host:port``, ``ray://host:port``).
+    """
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    target = {"local": "", "auto": os.environ.get("RAY_ADDRESS", "").strip()}.get(address, address)
+    if target and target not in ("local", "auto"):
+        _check_reachable(address, target)
+    local = {"address": "local", "num_cpus": cpus, "include_dashboard": False, **quiet}
+    try:
+        if address == "local":
+            ray.init(**local)
+            return f"a local Ray instance with {cpus} CPUs"
+        if address == "auto":
+            try:
+                ray.init(address="auto", **quiet)
+                return "the running Ray cluster"
+            except ConnectionError:
+                ray.init(**local)
+                return f"a local Ray instance with {cpus} CPUs (no running cluster found)"
+        ray.init(address=address, **quiet)
+        return f"the Ray cluster at {address}"
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError from ray.init: one line, exit 69
+        raise RayUnavailableError(f"--ray {address}: cannot start or reach Ray ({_first_line(exc)})") from None
+
+
+def _run_on_ray(args: list[tuple], address: str, jobs: int, threads: int | None) -> list[dict[str, Any]]:
+    """Run :func:`_run_one` once per cube as Ray tasks (each asks for ``threads or 1`` CPUs); reports in order.
+
+    A task that fails outside the job's own error handling (a lost worker or node, a bug) gives that
+    cube an error report (exit 70) while the other cubes' results are kept.
+    """
+    ray = _import_ray()
+    cpus = threads or 1
+    where = _start_ray(ray, address, max(2, jobs, cpus))
+    print(f"unmix-run: {len(args)} cube(s) as Ray tasks on {where}", file=sys.stderr)
+    try:
+        task = ray.remote(_run_one).options(num_cpus=cpus, max_retries=0)
+        pending = [task.remote(*item) for item in args]
+        reports = []
+        for item, ref in zip(args, pending):
+            try:
+                reports.append(ray.get(ref))
+            except Exception as exc:  # RayTaskError, WorkerCrashedError, NodeDiedError, ...
+                cause = getattr(exc, "cause", None) or exc
+                reports.append({"cube": item[0], "ok": False, "exit_code": 70,
+                                "error": f"{item[0]}: the Ray task failed ({type(cause).__name__}: "
+                                         f"{_first_line(cause)})"})
+        return reports
+    finally:
+        ray.shutdown()
+
+
 def _backend_versions(backend: str) -> dict[str, str]:
     try:
         module = __import__(backend)
@@ -125,12 +222,18 @@ def _backend_versions(backend: str) -> dict[str, str]:
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None, help="DDIM stochasticity, 0..1.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Noise seed (default: the model's).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Cubes processed in parallel (processes).")
+              help="Cubes processed in parallel (processes; with --ray, the CPUs of a local Ray instance).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run each cube as a Ray task (the ray extra). 'local': a private Ray instance on this machine "
+                   "(max(2, --jobs) CPUs); 'auto': the running cluster (ray start, RAY_ADDRESS), else a local one; "
+                   "or a cluster address (host:port, ray://host:port), whose nodes need unmix installed and must "
+                   "see the cubes, the model and --out at the same paths. Each task uses --threads CPUs (default 1).")
 @click.option("--no-quicklook", is_flag=True, help="Do not draw the quicklook PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @report_errors("unmix-run")
-def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, no_quicklook, as_json, quiet):
+def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, ray_address, no_quicklook, as_json,
+         quiet):
     """Unmix ENVI CUBES with an exported model and write one output bundle per cube.
 
     Each bundle holds the abundance maps (ENVI, one band per endmember, map info kept), the endmember
@@ -139,12 +242,20 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, n
     """
     from unmix.runtime.manifest import load_manifest
 
+    if ray_address is not None:
+        _import_ray()     # a missing extra is refused before anything else
+        if not ray_address.strip():
+            raise UsageError("--ray needs an address: 'local', 'auto', host:port or ray://host:port")
     load_manifest(model)  # refuse a bad model folder once, before any cube
     backend = backend or _default_backend()
     overrides = {"steps": steps, "samples": samples, "eta": eta, "seed": seed}
-    args = [(str(c), str(model), str(out), backend, threads, overrides, not no_quicklook, not quiet and jobs == 1)
-            for c in cubes]
-    if jobs > 1 and len(cubes) > 1:
+    if ray_address is not None:
+        threads = threads or 1
+    args = [(str(c), str(model), str(out), backend, threads, overrides, not no_quicklook,
+             not quiet and jobs == 1 and ray_address is None) for c in cubes]
+    if ray_address is not None:
+        reports = _run_on_ray(args, ray_address.strip(), jobs, threads)
+    elif jobs > 1 and len(cubes) > 1:
         with ProcessPoolExecutor(max_workers=min(jobs, len(cubes))) as pool:
             reports = list(pool.map(_run_one, *zip(*args)))
     else:
