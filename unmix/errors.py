@@ -1,7 +1,7 @@
 """Typed errors a user can meet, each with a one-sentence message and a process exit code.
 
-Exit codes follow BSD sysexits: 2 usage, 65 bad data, 66 missing input, 73 cannot create output,
-74 I/O error while writing.
+Exit codes follow BSD sysexits: 2 usage, 65 bad data, 66 missing input, 70 internal error (a bug:
+please report it), 73 cannot create output, 74 I/O error while writing (disk full, file too large).
 """
 from __future__ import annotations
 
@@ -33,9 +33,35 @@ class MissingInputError(UnmixError, FileNotFoundError):
 
 
 class OutputError(UnmixError, OSError):
-    """An output could not be created or written."""
+    """An output could not be created (a missing or unwritable folder, a file where a folder should be)."""
 
     exit_code = 73
+
+
+class WriteError(OutputError):
+    """Writing an output failed part way (disk full, file size limit, I/O error); nothing is left half-written."""
+
+    exit_code = 74
+
+
+#: errno values that mean "the write itself failed" (exit 74) rather than "the output cannot be created".
+_WRITE_ERRNOS = {"ENOSPC", "EFBIG", "EIO", "EDQUOT"}
+
+
+def output_error(path: str | PathLike, action: str, exc: OSError) -> OutputError:
+    """The typed error for an OSError met while writing ``path``: ``<path>: cannot <action> (<reason>)``.
+
+    Disk full, file too large, quota and I/O errors give :class:`WriteError` (exit 74); anything else
+    (permissions, a file where a folder should be) :class:`OutputError` (exit 73). An UnmixError is
+    returned unchanged.
+    """
+    import errno as _errno
+
+    if isinstance(exc, UnmixError):
+        return exc  # type: ignore[return-value]
+    names = {getattr(_errno, name, None) for name in _WRITE_ERRNOS} - {None}
+    kind = WriteError if exc.errno in names else OutputError
+    return kind(f"{path}: cannot {action} ({exc.strerror or exc})")
 
 
 def _describe(value: object, limit: int = 60) -> str:
@@ -61,6 +87,12 @@ class EnviError(InputError):
         super().__init__(message)
 
 
+class MissingEnviFileError(EnviError, MissingInputError):
+    """An ENVI header or data file that is not there (exit 66), named like :class:`EnviError`."""
+
+    exit_code = 66
+
+
 class DataNotFoundError(MissingInputError):
     """A benchmark data set or spectral library is not where ``UNMIX_DATA`` points."""
 
@@ -68,14 +100,24 @@ class DataNotFoundError(MissingInputError):
 def report_errors(program: str):
     """Decorator for a CLI entry point: an UnmixError becomes one line on stderr and its exit code.
 
-    Unexpected OS errors while writing (full disk, permissions) exit 74 with one line; Ctrl-C exits 130.
+    Unexpected OS errors (full disk, permissions) exit 74 with one line; Ctrl-C exits 130. Any other
+    exception is a bug: one line naming it, exit 70, and the traceback only when ``UNMIX_DEBUG`` is set
+    (no traceback ever reaches a user otherwise). ``SIGXFSZ`` (a file size limit) is ignored so that
+    exceeding the limit is an ``EFBIG`` write error, handled like a full disk, not a core dump.
     """
     import functools
+    import os
+    import signal
     import sys
 
     def decorate(func):
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
+            if hasattr(signal, "SIGXFSZ"):
+                try:
+                    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                except (ValueError, OSError):  # not the main thread
+                    pass
             try:
                 return func(*args, **kwargs)
             except UnmixError as exc:
@@ -87,6 +129,13 @@ def report_errors(program: str):
             except OSError as exc:
                 print(f"{program}: error: {exc}", file=sys.stderr)
                 sys.exit(74)
+            except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+                if os.environ.get("UNMIX_DEBUG") or type(exc).__module__.split(".")[0] == "click":
+                    raise  # click's own exceptions (usage errors, exit) are click's to report
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                print(f"{program}: internal error: {type(exc).__name__}: {reason[:300]} (a bug in unmix: "
+                      "please report it, with UNMIX_DEBUG=1 for the traceback)", file=sys.stderr)
+                sys.exit(70)
 
         return wrapper
 

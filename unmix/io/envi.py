@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from unmix.errors import EnviError, OutputError, UsageError
+from unmix.errors import EnviError, MissingEnviFileError, UsageError, output_error
 from unmix.io.scene import Scene
 
 __all__ = [
@@ -63,6 +63,9 @@ LIBRARY_FILE_TYPE = "ENVI Spectral Library"
 # Extensions tried, in this order, for the data file beside ``X.hdr`` (after ``X`` itself).
 _DATA_EXTENSIONS = (".img", ".dat", ".raw", ".bsq", ".bil", ".bip", ".sli")
 _MAX_HEADER_BYTES = 64 * 2**20
+#: Largest ``samples``, ``lines`` or ``bands`` opened (2**31 - 1, what a C int and every ENVI tool holds); a
+#: header claiming more is refused at open (after the data-file size check), before anything is allocated.
+MAX_DIMENSION = 2**31 - 1
 # Reads: runs of a window closer than this many bytes are fetched in one read (a read call costs about
 # as much as copying this many bytes), and no single read is larger than _MAX_READ_BYTES.
 _GAP_BYTES = 32 * 1024
@@ -378,7 +381,7 @@ def _is_hdr(path: Path) -> bool:
 def _find_header(path: Path) -> Path:
     if _is_hdr(path):
         if not path.is_file():
-            raise EnviError(path, "header file", "an existing ENVI header file")
+            raise MissingEnviFileError(path, "header file", "an existing ENVI header file")
         return path
     candidates = [path.with_name(path.name + ".hdr"), path.with_name(path.name + ".HDR")]
     if path.suffix:
@@ -387,7 +390,7 @@ def _find_header(path: Path) -> Path:
         if candidate.is_file():
             return candidate
     names = " or ".join(dict.fromkeys(c.name for c in candidates if c.suffix == ".hdr"))
-    raise EnviError(path, "header file", f"an ENVI header beside it ({names})")
+    raise MissingEnviFileError(path, "header file", f"an ENVI header beside it ({names})")
 
 
 def _find_data(header_path: Path, interleave: str) -> Path:
@@ -399,7 +402,7 @@ def _find_data(header_path: Path, interleave: str) -> Path:
         if candidate.is_file():
             return candidate
     tried = ", ".join(c.name for c in candidates[: len(extensions) + 1])
-    raise EnviError(header_path, "data file", f"a data file beside the header (tried {tried})")
+    raise MissingEnviFileError(header_path, "data file", f"a data file beside the header (tried {tried})")
 
 
 def read_header(path: str | os.PathLike) -> EnviHeader:
@@ -494,6 +497,10 @@ class EnviFile:
                 f"bytes) as {self.header_path.name} says",
                 size,
             )
+        for key, count in (("samples", header.samples), ("lines", header.lines), ("bands", header.bands)):
+            if count > MAX_DIMENSION:
+                raise EnviError(self.header_path, key, f"at most {MAX_DIMENSION} (an absurd size; is the header "
+                                "corrupt?)", count)
 
     def __repr__(self) -> str:
         return (f"EnviFile({str(self.data_path)!r}, shape={self.shape}, data_type={self.header.data_type}, "
@@ -626,14 +633,85 @@ def _keep(values, good: np.ndarray | None):
     return [values[i] for i in good] if isinstance(values, list) else values[good]
 
 
-def read_cube(path: str | os.PathLike) -> Scene:
+#: A cube is refused for its byte order when its sample row is this many times rougher in the header's
+#: byte order than in the other one (and smooth in the other one): see :func:`_check_byte_order`.
+_BYTE_ORDER_RATIO = 5.0
+_BYTE_ORDER_SMOOTH = 0.5
+
+
+def _absurd_fraction(values: np.ndarray, usable: np.ndarray) -> float:
+    """Fraction of the usable non-zero values whose magnitude is below 1e-20 or above 1e20."""
+    magnitudes = np.abs(values[usable])
+    magnitudes = magnitudes[magnitudes > 0]
+    if magnitudes.size < 8:
+        return math.nan
+    return float(np.mean((magnitudes < 1e-20) | (magnitudes > 1e20)))
+
+
+def _roughness(values: np.ndarray, usable: np.ndarray, axis: int) -> float:
+    """Mean |difference of neighbours| over mean |value| along ``axis``, over pairs both ``usable``."""
+    pairs = np.take(usable, range(1, usable.shape[axis]), axis) & np.take(usable, range(usable.shape[axis] - 1),
+                                                                          axis)
+    if pairs.sum() < 8:
+        return math.nan
+    diffs = np.abs(np.diff(values, axis=axis))[pairs]
+    level = np.abs(values[usable]).mean()
+    return float(diffs.mean() / level) if level > 0 else math.nan
+
+
+def _check_byte_order(envi: EnviFile) -> None:
+    """Refuse a cube whose ``byte order`` flag is evidently wrong (reads one sample row of <= 64 pixels).
+
+    Spectra are smooth: neighbouring values differ by a small fraction of their level. Read in the wrong
+    byte order, the low (noisy) byte becomes the high one and the values jump like noise over many
+    orders of magnitude. When the row is at least :data:`_BYTE_ORDER_RATIO` times rougher in the
+    header's order than in the other one, and smooth in the other one, or (floating-point types) when
+    most of its values are absurd (below 1e-20 or above 1e20 in magnitude) in the header's order and
+    none in the other, the header is wrong: EnviError on ``byte order``. Single-byte types and
+    inconclusive rows (constant, masked, too small) pass.
+    """
+    header = envi.header
+    if header.dtype.itemsize == 1:
+        return
+    lines, samples, bands = envi.shape
+    raw = envi.read_raw(slice(lines // 2, lines // 2 + 1), slice(0, min(samples, 64)))[0]  # (w, B) native
+    with np.errstate(all="ignore"):
+        flagged = raw.astype(np.float64)
+        swapped = raw.byteswap().astype(np.float64)
+        usable = np.isfinite(flagged) & np.isfinite(swapped)
+        if header.data_ignore_value is not None:
+            usable &= raw != header.data_ignore_value
+        axis = 1 if bands >= 3 else 0
+        as_flagged = _roughness(flagged, usable, axis)
+        as_swapped = _roughness(swapped, usable, axis)
+        absurd = header.dtype.kind == "f" and _absurd_fraction(flagged, usable) > 0.5 \
+            and _absurd_fraction(swapped, usable) == 0.0
+    rough = math.isfinite(as_flagged) and math.isfinite(as_swapped) and as_swapped < _BYTE_ORDER_SMOOTH \
+        and as_flagged > _BYTE_ORDER_RATIO * as_swapped
+    if rough or absurd:
+        other = 1 - header.byte_order
+        names = ("little endian", "big endian")
+        raise EnviError(envi.header_path, "byte order",
+                        f"{other} ({names[other]}): read as {names[header.byte_order]} the data jump like noise "
+                        f"(values up to {np.nanmax(np.abs(flagged[usable])):.3g}), read as {names[other]} they are "
+                        "smooth spectra; correct the header", header.byte_order)
+
+
+def read_cube(path: str | os.PathLike, check_byte_order: bool = True) -> Scene:
     """Open an ENVI cube as a lazy :class:`Scene` (``unmix.read_cube``); nothing is read until a tile is.
 
     ``path`` is the header or the data file. Tiles are float32 with the ``reflectance scale factor``
     divided out, bands with ``bbl = 0`` dropped (wavelengths, fwhm and band names too) and stored values
     equal to ``data ignore value`` set to NaN. Wavelengths are in nanometres.
+
+    The ``byte order`` flag is trusted, except that a cube evidently stored in the other byte order is
+    refused (:func:`_check_byte_order` reads one row of at most 64 pixels to tell; ``check_byte_order=False``
+    skips it). Raises EnviError (exit 65) for a malformed header or a data file too small for it, and
+    MissingEnviFileError (exit 66) when the header or the data file is not there.
     """
     envi = open_envi(path)
+    if check_byte_order:
+        _check_byte_order(envi)
     header = envi.header
     good = _good_bands(header)
     n_good = header.bands if good is None else len(good)
@@ -864,11 +942,15 @@ class CubeWriter:
                      ("file type", "ENVI Standard"), ("data type", 4), ("interleave", "bsq"), ("byte order", 0)]
         self._header_text = _header_text(structure, metadata, extra)
         self._ignore = None if data_ignore_value is None else np.float32(data_ignore_value)
+        self._handle = None
         try:
             self._handle = open(self.data_path, "wb")
             self._handle.truncate(height * width * bands * 4)
         except OSError as exc:
-            raise OutputError(f"{self.data_path}: cannot create the ENVI data file: {exc.strerror or exc}") from exc
+            if getattr(self, "_handle", None) is not None:
+                self._handle.close()
+                self._handle = None
+            raise output_error(self.data_path, "create the ENVI data file", exc) from exc
 
     def __enter__(self) -> "CubeWriter":
         return self
@@ -902,7 +984,7 @@ class CubeWriter:
                     for i in range(r1 - r0):
                         _write_at(self._handle, memoryview(block[band, i]).cast("B"), (start + i * width) * 4)
         except OSError as exc:
-            raise OutputError(f"{self.data_path}: cannot write: {exc.strerror or exc}") from exc
+            raise output_error(self.data_path, "write", exc) from exc
 
     def close(self) -> Path:
         """Finish the data file and write the header; returns the header path. Safe to call twice."""
@@ -912,7 +994,7 @@ class CubeWriter:
                 self._handle = None
                 self.header_path.write_text(self._header_text, encoding="utf-8")
             except OSError as exc:
-                raise OutputError(f"{self.header_path}: cannot write: {exc.strerror or exc}") from exc
+                raise output_error(self.header_path, "write", exc) from exc
         return self.header_path
 
 
@@ -976,5 +1058,5 @@ def write_library(path: str | os.PathLike, spectra: np.ndarray, wavelengths=None
         np.ascontiguousarray(spectra, dtype="<f4").tofile(data_path)
         header_path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise OutputError(f"{data_path}: cannot write the spectral library: {exc.strerror or exc}") from exc
+        raise output_error(data_path, "write the spectral library", exc) from exc
     return header_path

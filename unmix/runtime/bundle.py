@@ -10,22 +10,37 @@
 - ``<stem>.quicklook.png`` with the ``plot`` extra (skipped with a note otherwise);
 - ``<stem>.run.json`` — versions, model hashes, input shape, scale applied, timings, per-endmember stats.
 
-Everything is written into a hidden temporary folder beside the bundle, which is then renamed into
-place (an older bundle of the same stem is moved aside first and removed after), so an interrupted
-run leaves either the previous complete bundle or none.
+Everything is written into a hidden temporary folder beside the bundle (``.<stem>.tmp-*``), flushed to
+disk, and renamed into place; an older bundle of the same stem is moved aside first
+(``.<stem>.old-*``) and removed after. So a run killed at any point leaves either the previous complete
+bundle or none, never part of one, and a failed write (disk full, file size limit, permissions) leaves
+the output folder as it was, with one :class:`~unmix.errors.OutputError` (exit 73) or
+:class:`~unmix.errors.WriteError` (exit 74).
+
+Concurrency: writing a bundle holds an exclusive ``fcntl.flock`` on the output folder itself (no lock
+file is left behind; the kernel drops the lock when the process ends, even by SIGKILL). Runs that
+write into one folder take turns: the lock is held only while a bundle is written (about a second),
+not while unmixing, so each bundle that appears is whole and, for the same stem, the last writer's
+one stays. Holding the lock, a writer first repairs what a killed writer left: a bundle moved aside
+but never replaced is put back, stale temporary folders are removed. A writer that cannot get the
+lock within ``lock_timeout`` seconds gives up with an OutputError. Where ``fcntl`` does not exist
+(Windows) there is no lock.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from unmix.errors import OutputError
+from unmix.errors import OutputError, UnmixError, output_error
 from unmix.io.envi import CubeWriter, write_library
 from unmix.io.scene import Scene
 
@@ -46,6 +61,120 @@ def _endmember_csv(path: Path, endmembers: np.ndarray, names: list[str], wavelen
         wl = "" if wavelengths is None else f"{wavelengths[band]:.6g}"
         lines.append(",".join([wl, *(f"{value:.8g}" for value in endmembers[:, band])]))
     path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------- locks and atomicity
+
+#: Seconds a writer waits for another writer of the same output to finish before giving up.
+LOCK_TIMEOUT_S = 600.0
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
+    """Hold the exclusive ``fcntl.flock`` lock of the existing folder ``folder`` (on the folder itself).
+
+    Waits up to ``timeout`` seconds for another holder; then raises OutputError. The lock goes with the
+    process: a killed holder never leaves a stale lock, and no lock file is created. Yields ``folder``.
+    """
+    path = Path(folder)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks here
+        yield path
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise output_error(path, "open the output folder", exc) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise OutputError(f"{path}: another process has been writing in it for over "
+                                      f"{timeout:.0f} s (it holds the folder's lock); try again later") from None
+                time.sleep(0.05)
+        yield path
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _leftovers(folder: Path, stem: str, kind: str) -> list[Path]:
+    """Hidden ``.<stem>.<kind>-XXXXXXXX`` folders that writers of ``stem`` create (tmp, old)."""
+    pattern = re.compile(rf"\.{re.escape(stem)}\.{kind}-[A-Za-z0-9_]+")
+    try:
+        return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def repair_output(folder: str | Path, stem: str, complete) -> None:
+    """Undo what a writer of ``folder/stem`` killed part way left; call it holding :func:`output_lock`.
+
+    If ``folder/stem`` is missing and a moved-aside copy (``.<stem>.old-*``, or its ``checkpoint``
+    subfolder) passes ``complete(path)``, it is renamed back; then every ``.<stem>.tmp-*`` and
+    ``.<stem>.old-*`` folder is removed (no live writer can own them: it would hold the lock).
+    """
+    folder = Path(folder)
+    final = folder / stem
+    if not final.exists() and not final.is_symlink():
+        for aside in reversed(_leftovers(folder, stem, "old")):
+            for candidate in (aside, aside / "checkpoint"):
+                if candidate.is_dir() and complete(candidate):
+                    try:
+                        os.replace(candidate, final)
+                    except OSError:
+                        continue
+                    break
+            if final.exists():
+                break
+    for leftover in _leftovers(folder, stem, "tmp") + _leftovers(folder, stem, "old"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def publish_modes(folder: Path) -> None:
+    """Give ``folder`` and its files the permissions a plain ``mkdir``/``open`` would (the umask's).
+
+    ``tempfile.mkdtemp`` makes private (0700) folders and some writers private (0600) files; once renamed
+    into place they must look like any other output.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, 0o666 & ~mask)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder itself to disk (before it is renamed into place)."""
+    for entry in folder.iterdir():
+        if entry.is_file():
+            with open(entry, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames) to disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_bundle(folder: Path) -> bool:
+    """True when ``folder`` is a complete unmix-run bundle (its ``*.run.json`` is written last)."""
+    return folder.is_dir() and any(folder.glob("*.run.json"))
 
 
 def endmember_stats(abundances: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
@@ -99,16 +228,43 @@ def quicklook(path: Path, abundances: np.ndarray, endmembers: np.ndarray, names:
 
 
 def write_bundle(out_dir: str | Path, scene: Scene, result: Any, run_info: dict[str, Any],
-                 plot: bool = True) -> Path:
-    """Write ``out_dir/<scene.name>/`` atomically from an :class:`unmix.runtime.unmixer.Result`; return it."""
+                 plot: bool = True, lock_timeout: float = LOCK_TIMEOUT_S) -> Path:
+    """Write ``out_dir/<scene.name>/`` atomically from an :class:`unmix.runtime.unmixer.Result`; return it.
+
+    Raises OutputError (exit 73) when the folder cannot be created or written, WriteError (exit 74)
+    when a write fails part way (disk full, file size limit); the folder is then left as it was.
+    """
     out_dir = Path(out_dir)
     stem = scene.name
-    final = out_dir / stem
+    if not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):
+        raise OutputError(f"{out_dir}: cannot name a bundle {stem!r}; rename the cube")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out_dir, "create the output folder", exc) from None
+    try:
+        with output_lock(out_dir, lock_timeout):
+            repair_output(out_dir, stem, is_bundle)
+            return _write_locked(out_dir, stem, scene, result, run_info, plot)
+    except BaseException:
+        if created:  # leave no empty folder behind either
+            try:
+                out_dir.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _write_locked(out_dir: Path, stem: str, scene: Scene, result: Any, run_info: dict[str, Any],
+                  plot: bool) -> Path:
+    final = out_dir / stem
+    if final.exists() and not is_bundle(final):
+        raise OutputError(f"{final}: exists and is not an unmix output bundle; choose another --out")
+    try:
         staging = Path(tempfile.mkdtemp(prefix=f".{stem}.tmp-", dir=out_dir))
     except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create the output folder: {exc.strerror or exc}") from None
+        raise output_error(out_dir, "write in the output folder", exc) from None
     try:
         names = list(result.names)
         _write_map(staging / f"{stem}.abund", result.abundances, scene, names,
@@ -130,9 +286,13 @@ def write_bundle(out_dir: str | Path, scene: Scene, result: Any, run_info: dict[
                 "endmembers": endmember_stats(result.abundances, names),
                 "timings": result.timings, "settings": result.config}
         (staging / f"{stem}.run.json").write_text(json.dumps(info, indent=2, default=_plain) + "\n")
+        publish_modes(staging)
+        fsync_tree(staging)
         _swap_in(staging, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, UnmixError):
+            raise output_error(final, "write the output bundle", exc) from None
         raise
     return final
 
@@ -152,14 +312,13 @@ def _swap_in(staging: Path, final: Path) -> None:
     aside = None
     try:
         if final.exists():
-            if not (final.is_dir() and any(final.glob("*.run.json"))):
-                raise OutputError(f"{final}: exists and is not an unmix output bundle; choose another --out")
             aside = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, aside)
         os.replace(staging, final)
+        fsync_dir(final.parent)
     except OSError as exc:
         if aside is not None and not final.exists():
             os.replace(aside, final)
-        raise OutputError(f"{final}: cannot write the output bundle: {exc.strerror or exc}") from None
+        raise output_error(final, "write the output bundle", exc) from None
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from unmix.errors import InputError, OutputError, UsageError
+from unmix.errors import InputError, UsageError, output_error
 
 __all__ = [
     "ENGINE_FORMAT",
@@ -201,7 +201,7 @@ def _write_atomic(path: Path, data: bytes) -> Path:
             Path(temporary).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise output_error(path, "write", exc) from None
     return path
 
 
@@ -254,6 +254,8 @@ def find_engine(cache_dir: str | os.PathLike, identity: EngineIdentity) -> Cache
         plan = plan_path.read_bytes()
     except OSError as exc:
         return miss(f"{plan_path}: unreadable ({exc.strerror or exc})")
+    if not plan:
+        return miss(f"{plan_path}: empty plan file (an interrupted write?)")
     if len(plan) != sidecar.plan_bytes:
         return miss(f"{plan_path}: {len(plan)} bytes, its sidecar records {sidecar.plan_bytes} (truncated?)")
     if hashlib.sha256(plan).hexdigest() != sidecar.plan_sha256:

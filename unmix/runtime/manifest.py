@@ -47,7 +47,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from unmix.errors import InputError, MissingInputError, OutputError, UsageError, _describe
+from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, _describe, output_error
 from unmix.runtime.network import DTYPES, NetworkSpec, TensorSpec
 
 __all__ = [
@@ -255,7 +255,10 @@ class _Checker:
         if not isinstance(value, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             self.fail(key, "a list of numbers", value)
-        array = np.asarray(value, dtype=np.float64)
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (OverflowError, ValueError):
+            self.fail(key, "finite numbers", value)
         if not np.isfinite(array).all():
             self.fail(key, "finite numbers", value)
         if length is not None and array.size != length:
@@ -286,6 +289,8 @@ def _tensor_specs(check: _Checker, items: Any, key: str) -> dict[str, TensorSpec
 def _contained_file(check: _Checker, model_dir: Path, value: Any, key: str) -> Path:
     """The absolute path of a file name that must stay inside ``model_dir``."""
     name = check.string(value, key)
+    if any(ord(c) < 32 for c in name):
+        check.fail(key, "a file name without control characters", name)
     relative = Path(name)
     if relative.is_absolute() or relative.drive or name.startswith(("/", "\\")):
         check.fail(key, "a file name relative to the model folder, not an absolute path", name)
@@ -425,8 +430,8 @@ def load_manifest(model_dir: str | os.PathLike, verify: bool = False) -> Manifes
             raise MissingInputError(f"{path}: not found (not an exported unmix model; run unmix-export)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
     manifest = parse_manifest(data, folder, path)
     if verify:
         manifest.verify()
@@ -465,7 +470,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: Mapping[str, Any]) ->
     try:
         fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise OutputError(f"{target}: cannot write the manifest ({exc.strerror or exc})") from None
+        raise output_error(target, "write the manifest", exc) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
@@ -480,8 +485,8 @@ def write_manifest(model_dir: str | os.PathLike, manifest: Mapping[str, Any]) ->
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError):
-            raise OutputError(f"{target}: cannot write the manifest ({exc.strerror or exc})") from None
+        if isinstance(exc, OSError) and not isinstance(exc, UnmixError):
+            raise output_error(target, "write the manifest", exc) from None
         raise
     return target
 

@@ -15,7 +15,10 @@ Atomicity: everything is written into a temporary folder beside the target and r
 (the old folder is first renamed aside, then removed), so a crash never leaves a half-written
 checkpoint: the target is either the complete old one or the complete new one. If the process dies
 exactly between the two renames, the old checkpoint survives intact as ``.<name>.old-*`` beside it
-(:func:`load_checkpoint` names it in its error).
+(:func:`load_checkpoint` names it in its error) and the next save puts it back before anything else.
+A save holds an exclusive ``fcntl.flock`` on the parent folder (:func:`unmix.runtime.bundle.output_lock`),
+so two processes saving there take turns and each checkpoint is whole; holding it, a save first
+removes the temporary folders of saves that were killed.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError
+from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError, output_error
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_NAME", "load_checkpoint", "save_checkpoint"]
 
@@ -154,17 +157,32 @@ def save_checkpoint(out_dir: str | os.PathLike, models: Mapping[str, nn.Module],
     document.setdefault("format", CHECKPOINT_FORMAT)
     document[_NETWORKS_KEY] = table
     try:
-        text = json.dumps(document, indent=2, allow_nan=False)
+        json.dumps(document, indent=2, allow_nan=False)  # refuse a bad config before writing anything
     except (TypeError, ValueError) as exc:
         raise UsageError(f"checkpoint config is not JSON-serialisable: {exc}") from None
+
+    from unmix.runtime.bundle import output_lock, repair_output
 
     _check_replaceable(out_dir)
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out_dir, "create the checkpoint folder", exc) from None
+    with output_lock(parent):
+        repair_output(parent, out_dir.name, _is_checkpoint)
+        _check_replaceable(out_dir)
+        return _save_locked(out_dir, parent, table, document, models, ema)
+
+
+def _save_locked(out_dir: Path, parent: Path, table: dict[str, Any], document: dict[str, Any],
+                 models: Mapping[str, nn.Module], ema: Mapping[str, Any] | None) -> Path:
+    from unmix.runtime.bundle import publish_modes
+
+    try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
     except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create the checkpoint folder ({exc.strerror or exc})") from None
+        raise output_error(out_dir, "create the checkpoint folder", exc) from None
     aside: Path | None = None
     carried: list[str] = []
     try:
@@ -182,6 +200,7 @@ def save_checkpoint(out_dir: str | os.PathLike, models: Mapping[str, nn.Module],
         text = json.dumps(document, indent=2, allow_nan=False)
         with open(tmp / CONFIG_NAME, "w") as handle:
             handle.write(text + "\n")
+        publish_modes(tmp)
         for entry in tmp.iterdir():
             _fsync_file(entry)
         _fsync_dir(tmp)
@@ -206,7 +225,7 @@ def save_checkpoint(out_dir: str | os.PathLike, models: Mapping[str, nn.Module],
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, UnmixError):
-            raise OutputError(f"{out_dir}: could not write the checkpoint ({exc.strerror or exc})") from exc
+            raise output_error(out_dir, "write the checkpoint", exc) from exc
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
@@ -273,12 +292,17 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike, ema: bool = False,
             raise InputError(f"{where}: key 'file' must be a file name in the folder, got {file!r}")
         try:
             model = cls(**entry["args"])
-        except (TypeError, ValueError, UsageError) as exc:
-            raise InputError(f"{where}: cannot rebuild {cls.__name__} from its arguments ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - TypeError, ValueError, torch's RuntimeError...: bad arguments
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{where}: cannot rebuild {cls.__name__} from its arguments ({reason})") from None
         use_ema = ema and isinstance(entry.get("ema_file"), str) and Path(entry["ema_file"]).name == entry["ema_file"]
         weights_file = entry["ema_file"] if use_ema else file
         checksum = entry.get("ema_sha256" if use_ema else "sha256")
         weights_path = folder / weights_file
+        resolved = weights_path.resolve()
+        if folder.resolve() not in resolved.parents:
+            raise InputError(f"{where}: {weights_file!r} resolves to {resolved}, outside the checkpoint folder "
+                             "(a symlink out of it); refusing to read it")
         state = _read_weights(weights_path, checksum)
         try:
             model.load_state_dict(state, strict=True)

@@ -13,17 +13,28 @@ from unmix.errors import InputError, MissingInputError, report_errors
 
 def _read_known(path: Path) -> tuple[np.ndarray, list[str]]:
     """Known spectra from an ENVI spectral library (.sli) or a CSV (one column per spectrum, header row)."""
-    if not path.exists():
+    if not path.is_file():
         raise MissingInputError(f"{path}: known-spectra file not found")
     if path.suffix.lower() == ".csv":
-        rows = path.read_text().strip().splitlines()
+        try:
+            rows = path.read_text(encoding="utf-8").strip().splitlines()
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a text CSV file") from None
+        if len(rows) < 2:
+            raise InputError(f"{path}: expected a header row and one row of numbers per band, got {len(rows)} rows")
         header = [h.strip() for h in rows[0].split(",")]
         try:
             values = np.array([[float(v) for v in row.split(",")] for row in rows[1:]], dtype=np.float32)
         except ValueError:
-            raise InputError(f"{path}: expected numbers below the header row") from None
+            raise InputError(f"{path}: expected numbers below the header row, {len(header)} per row") from None
+        if values.ndim != 2 or values.shape[1] != len(header):
+            raise InputError(f"{path}: expected {len(header)} numbers per row (one per header column)")
+        if not np.isfinite(values).all():
+            raise InputError(f"{path}: expected finite numbers (found NaN or Inf)")
         if header and header[0].lower().startswith("wavelength"):
             header, values = header[1:], values[:, 1:]
+        if not header:
+            raise InputError(f"{path}: expected at least one spectrum column")
         return values.T.copy(), header
     from unmix.io.envi import read_library
 

@@ -3,12 +3,17 @@
 Layout of the state folder (``<out>/.train_state``): ``<stage>.json`` is the commit point and names the
 ``<stage>.<step>.safetensors`` file that holds every tensor. A kill at any moment leaves either the
 previous consistent pair or the new one; files of unfinished saves are ignored and cleaned up.
-Nothing is unpickled: tensors come from safetensors, the rest from JSON.
+Each file is flushed to disk before it is renamed into place. Nothing is unpickled: tensors come
+from safetensors, the rest from JSON; a state whose JSON names anything but its own
+``<stage>.<step>.safetensors`` in the folder, or whose tensors do not fit, is refused (InputError).
+A save that fails (disk full, file size limit) raises WriteError/OutputError and leaves the previous
+state as it was. One training per folder at a time.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,18 +23,27 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unmix.errors import InputError
+from unmix.errors import InputError, UnmixError, WriteError, output_error
 
 _FORMAT = "unmix-train-state/1"
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle)
-        handle.flush()
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class TrainState:
@@ -50,6 +64,9 @@ class TrainState:
         self._last_save = time.monotonic()
         if not resume and self.folder.exists():
             shutil.rmtree(self.folder)
+        elif self.folder.is_dir():  # temporary files of saves that were killed part way
+            for leftover in self.folder.glob("*.tmp*"):
+                leftover.unlink(missing_ok=True)
 
     def due(self, step: int, total: int) -> bool:
         return step == total or time.monotonic() - self._last_save >= self.every_seconds
@@ -57,7 +74,10 @@ class TrainState:
     def save(self, stage: str, step: int, modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
              optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor]) -> None:
         """Write ``stage``'s state at ``step`` (after ``step`` optimiser steps)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(self.folder, "create the training state folder", exc) from None
         tensors: dict[str, torch.Tensor] = {}
         for name, module in modules.items():
             items = module.state_dict() if isinstance(module, torch.nn.Module) else module
@@ -75,12 +95,27 @@ class TrainState:
                     scalars[f"{index}/{key}"] = value
         weights = self.folder / f"{stage}.{step}.safetensors"
         tmp = weights.with_name(weights.name + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, weights)
-        _write_json_atomic(self.folder / f"{stage}.json", {
-            "format": _FORMAT, "stage": stage, "step": step, "weights": weights.name,
-            "fingerprint": self.fingerprint, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
-        })
+        try:
+            try:
+                save_file(tensors, str(tmp))
+            except SafetensorError as exc:  # its I/O errors arrive as SafetensorError, not OSError
+                raise WriteError(f"{tmp}: cannot write the training state ({exc})") from None
+            _fsync(tmp)
+            os.replace(tmp, weights)
+            _write_json_atomic(self.folder / f"{stage}.json", {
+                "format": _FORMAT, "stage": stage, "step": step, "weights": weights.name,
+                "fingerprint": self.fingerprint, "param_groups": opt["param_groups"],
+                "optimizer_scalars": scalars,
+            })
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            try:
+                self.folder.rmdir()  # only when empty: a first save that failed leaves nothing behind
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, UnmixError):
+                raise output_error(self.folder, "save the training state", exc) from None
+            raise
         for old in self.folder.glob(f"{stage}.*.safetensors*"):
             if old.name != weights.name:
                 old.unlink(missing_ok=True)
@@ -101,11 +136,28 @@ class TrainState:
         if meta.get("fingerprint") != self.fingerprint:
             raise InputError(f"{meta_path}: saved by a run with other settings or data; "
                              "run without --resume to start again")
-        weights = self.folder / meta["weights"]
+        name = meta.get("weights")
+        if not isinstance(name, str) or not re.fullmatch(rf"{re.escape(stage)}\.[0-9]+\.safetensors", name) \
+                or not isinstance(meta.get("step"), int) or meta["step"] < 0:
+            raise InputError(f"{meta_path}: key 'weights': expected {stage}.<step>.safetensors in the folder, "
+                             f"got {name!r}; run without --resume")
+        weights = self.folder / name
         try:
             tensors = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"{weights}: corrupt training state ({exc}); run without --resume") from None
+        try:
+            self._load(tensors, meta, modules, optimizer, extra)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{weights}: the training state does not fit this run ({reason}); "
+                             "run without --resume") from None
+        return int(meta["step"])
+
+    @staticmethod
+    def _load(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+              modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
+              extra: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, module in modules.items():
                 prefix = f"module/{name}/"
@@ -126,7 +178,6 @@ class TrainState:
             index, name = key.split("/", 1)
             state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        return int(meta["step"])
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
