@@ -15,6 +15,12 @@
    of each is reported (all are listed, with the 1-minute load average before each: on a 2-core machine
    any other busy process distorts the figures, torch's most of all). Pixels per second = H * W / total seconds of
    the whole pipeline (both passes, statistics, spectra loop). The ratios come from the same run.
+2b. The C++ runtime (cpp_bindings/, OpenVINO backend) on the same model, cube, threads and settings:
+   ``unmix_run_raw`` from ``--cpp-build`` (default build/cpp; configure it with
+   ``cmake -S . -B build/cpp -DUNMIX_OPENVINO=ON``), each run a fresh process, in the same round robin;
+   its time is the best of two ``unmix_run`` calls in that process (the first warms OpenVINO up), the
+   pipeline only (no model load, no cube read), like Python's ``total_s``. Settings the C ABI does not
+   take are listed under ``not_passed``. Without the build the row says "not built".
 3. (full mode) Writes a ``memory-size^2 x 200`` float32 ENVI cube once under ``/tmp/unmix-speed-cache``
    (tile by tile, never whole in memory), trains and exports a 200-band model the same way, runs
    ``unmix-run`` on it (the model's K unless ``--memory-steps``) in a child process with torch made
@@ -211,6 +217,38 @@ def worker(argv: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# the C++ runtime (cpp_bindings/, OpenVINO backend)
+# --------------------------------------------------------------------------------------------------
+
+#: The inference settings unmix_set_option takes (include/unmix.h).
+CPP_SETTINGS = ("steps", "t0", "eta", "samples", "rounds", "overlap", "dc_weight", "spectra_steps", "spectra_t0",
+                "spectra_eta", "refine_spectra", "seed")
+
+
+def cpp_runner(build: Path) -> Path | None:
+    """build/cpp_bindings/unmix_run_raw when that build has the OpenVINO backend, else None."""
+    tool = build / "cpp_bindings" / "unmix_run_raw"
+    marker = build / "unmix_backends.txt"
+    if tool.is_file() and marker.is_file() and "openvino=ON" in marker.read_text().split():
+        return tool
+    return None
+
+
+def time_cpp(tool: Path, model: Path, header: Path, settings: dict, threads: int, work: Path) -> dict:
+    """One fresh unmix_run_raw process (OpenVINO): the best of two unmix_run calls on the cube."""
+    passed = {k: (int(v) if isinstance(v, bool) else v) for k, v in settings.items() if k in CPP_SETTINGS}
+    command = [str(tool), str(model), "openvino", str(header), str(work / "cpp"), f"threads={threads}", "repeat=2",
+               *(f"{k}={v}" for k, v in passed.items())]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"speed.py: unmix_run_raw failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    H, W, _, _, seconds = done.stdout.split()[:5]
+    return {"px_per_s": int(H) * int(W) / float(seconds), "best_total_s": round(float(seconds), 3),
+            "total_s": [round(float(seconds), 3)], "tool": str(tool), "settings_passed": passed,
+            "not_passed": sorted(k for k in settings if k not in CPP_SETTINGS and k != "tile")}
+
+
+# --------------------------------------------------------------------------------------------------
 # peak memory of unmix-run
 # --------------------------------------------------------------------------------------------------
 
@@ -308,6 +346,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {entry['px_per_s']:,.0f} | {entry['best_total_s']:.2f} | "
                      f"{calls.get('hybridstu', float('nan')):.1f} | {calls.get('abundance_step', float('nan')):.1f} | "
                      f"{calls.get('spectra_step', float('nan')):.1f} | {entry['px_per_s'] / torch_rate:.2f}x |")
+    cpp = pipeline.get("cpp")
+    if cpp and "px_per_s" in cpp:
+        lines.append(f"| C++ openvino (unmix_run_raw) | {cpp['px_per_s']:,.0f} | {cpp['best_total_s']:.2f} | – | – | – | "
+                     f"{cpp['px_per_s'] / torch_rate:.2f}x |")
+    elif cpp:
+        lines.append(f"| C++ openvino (unmix_run_raw) | {cpp.get('status', 'not built')} | – | – | – | – | – |")
     lines.append("")
     lines.append(f"speedup_vs_torch ({pipeline['best_backend']}): {pipeline['speedup_vs_torch']:.2f}x; "
                  f"onnxruntime_vs_torch: {pipeline['onnxruntime_vs_torch']:.2f}x")
@@ -336,6 +380,8 @@ def main() -> None:
     parser.add_argument("--memory-backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cpp-build", type=Path, default=ROOT / "build" / "cpp",
+                        help="the CMake build with unmix_run_raw (OpenVINO) for the C++ row (default build/cpp)")
     args = parser.parse_args()
     size = args.size or (128 if args.quick else 256)
     repeat = args.repeat or (2 if args.quick else 3)
@@ -356,6 +402,15 @@ def main() -> None:
         results["model"] = facts
         backends: dict = {}
         names = ("onnxruntime", "openvino", "torch")
+        cpp_tool = cpp_runner(args.cpp_build)
+        cpp_entry: dict = {"status": "not built", "build": str(args.cpp_build)}
+        cpp_header = None
+        if cpp_tool is not None:
+            from unmix.io.envi import write_cube
+            from unmix.runtime.unmixer import Unmixer
+
+            cpp_header = write_cube(work / "speed_cube.hdr", synthetic_scene(size, BANDS).read())
+            cpp_settings = Unmixer.load(model, backend="onnxruntime").settings().to_dict()
         for round_index in range(repeat):       # round robin: a busy spell on the machine hits every backend
             for name in names:
                 load = os.getloadavg()[0]
@@ -371,6 +426,16 @@ def main() -> None:
                     if entry["best_total_s"] < best["best_total_s"]:
                         backends[name] = best = entry
                     best["total_s"], best["load_average_1min"] = runs, loads
+            if cpp_tool is not None:
+                load = os.getloadavg()[0]
+                entry = time_cpp(cpp_tool, model, cpp_header, cpp_settings, args.threads, work)
+                log(f"round {round_index + 1}/{repeat} C++ openvino: {entry['px_per_s']:,.0f} px/s "
+                    f"({entry['best_total_s']:.2f} s, load average {load:.2f} before)")
+                if "px_per_s" not in cpp_entry or entry["best_total_s"] < cpp_entry["best_total_s"]:
+                    entry["total_s"] = cpp_entry.get("total_s", []) + entry["total_s"]
+                    cpp_entry = entry
+                else:
+                    cpp_entry["total_s"] = cpp_entry["total_s"] + entry["total_s"]
         best = max(("onnxruntime", "openvino"), key=lambda n: backends[n]["px_per_s"])
         torch_rate = backends["torch"]["px_per_s"]
         results["pipeline"] = {
@@ -381,7 +446,10 @@ def main() -> None:
             "speedup_vs_torch": backends[best]["px_per_s"] / torch_rate,
             "onnxruntime_vs_torch": backends["onnxruntime"]["px_per_s"] / torch_rate,
             "openvino_vs_torch": backends["openvino"]["px_per_s"] / torch_rate,
+            "cpp": cpp_entry,
         }
+        if "px_per_s" in cpp_entry:
+            results["pipeline"]["cpp_vs_python_openvino"] = cpp_entry["px_per_s"] / backends["openvino"]["px_per_s"]
         for entry in backends.values():
             del entry["settings"]
         if args.quick or args.skip_memory:

@@ -1,6 +1,10 @@
 """The C++ core (cpp_bindings/): configure, build and run its ctest suite, then C++ (OpenVINO) against
 Python (ONNX Runtime) on one exported model and cube.
 
+Push-broom streaming: the C example ``unmix_lines`` (OpenVINO) against the whole-buffer call with the
+manifest's endmembers fixed (bit for bit) and against Python's ``run_pipeline`` with the same endmembers
+(1e-4), and its peak RSS at 64 and 1024 lines.
+
 A second build (``-DUNMIX_SANITIZE=ON``) runs the same ctest suite under AddressSanitizer and
 UndefinedBehaviorSanitizer (core, analytic backend, C ABI; no OpenVINO). The main build goes to
 ``$UNMIX_CPP_BUILD`` when set (reused if already configured there), else to a
@@ -87,9 +91,14 @@ def _openvino_built(build: Path) -> bool:
     return marker.is_file() and "openvino=ON" in marker.read_text().split()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(scene header, model dir): a tiny scene, a few training steps, an fp32 export (tile 32)."""
+_EXPORTED: dict[str, tuple[Path, Path]] = {}
+
+
+def exported_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(scene header, model dir): a tiny scene, a few training steps, an fp32 export (tile 32); made once
+    per test session and shared by the C++ test modules."""
+    if "model" in _EXPORTED:
+        return _EXPORTED["model"]
     pytest.importorskip("torch")
     from tests.test_train import micro_config, small_scene
     from unmix.export import export
@@ -103,7 +112,14 @@ def exported(tmp_path_factory):
     header = write_cube(folder / "scene.hdr", cube, wavelengths=scene.wavelengths)
     fit(scene, 3, config=micro_config(), out=folder / "checkpoint", progress=False, log=lambda m: None)
     export(folder / "checkpoint", folder / "model", tile=32)
-    return header, folder / "model"
+    _EXPORTED["model"] = (header, folder / "model")
+    return _EXPORTED["model"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(scene header, model dir), see :func:`exported_model`."""
+    return exported_model(tmp_path_factory)
 
 
 @pytest.mark.parametrize("settings", [{}, {"eta": 0.6, "samples": 2, "rounds": 2, "seed": 7}],
@@ -137,3 +153,74 @@ def test_cpp_openvino_matches_python_onnxruntime(build, exported, tmp_path, sett
     }
     print(f"C++ openvino vs Python onnxruntime {settings or 'defaults'}: max abs diff {diffs}")
     assert max(diffs.values()) <= 1e-4, diffs
+
+
+def _lines_program(build: Path) -> Path:
+    return build / "cpp_bindings" / "unmix_lines"
+
+
+def test_stream_equals_whole_buffer_and_python(build, exported, tmp_path):
+    """Push-broom streaming (the C example unmix_lines, OpenVINO) gives the whole-buffer call's rows bit for
+    bit (unmix_run_raw with the manifest's endmembers fixed), and Python's run_pipeline with the same fixed
+    endmembers (ONNX Runtime) to 1e-4."""
+    if not _openvino_built(build):
+        if IN_CI:
+            pytest.fail("the OpenVINO backend was not built (pip install openvino)")
+        pytest.skip("the OpenVINO backend was not built")
+    import unmix
+    from unmix.runtime.pipeline import run_pipeline
+
+    header, model = exported
+    settings = {"samples": 2, "eta": 0.6, "seed": 7, "steps": 4, "dc_weight": 1.0}
+    args = [f"{key}={value}" for key, value in settings.items()]
+    stream = _run([str(_lines_program(build)), str(model), str(header), str(tmp_path / "stream"), "--backend", "openvino",
+                   *args])
+    assert stream.returncode == 0, stream.stdout + stream.stderr
+    H, W, B, p = (int(v) for v in stream.stdout.split()[:4])
+    assert (H, W, B, p) == (40, 36, 24, 3)
+    whole = _run([str(build / "cpp_bindings" / "unmix_run_raw"), str(model), "openvino", str(header),
+                  str(tmp_path / "whole"), "fixed_endmembers=1", *args])
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
+    def load(prefix: str, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        return np.fromfile(tmp_path / f"{prefix}.{name}.f32", dtype="<f4").reshape(shape)
+
+    for name, shape in (("abundances", (H, W, p)), ("rmse", (H, W)), ("uncertainty", (H, W))):
+        np.testing.assert_array_equal(load("stream", name, shape), load("whole", name, shape), err_msg=name)
+
+    unmixer = unmix.Unmixer.load(model, backend="onnxruntime")
+    config = unmixer.settings(refine_spectra=False, rounds=1, **settings)
+    reference = run_pipeline(unmix.read_cube(header), unmixer.networks, unmixer.schedule, config,
+                             endmembers=unmixer.manifest.endmembers)
+    diffs = {}
+    for name, shape in (("abundances", (H, W, p)), ("rmse", (H, W)), ("uncertainty", (H, W))):
+        ours, theirs = load("stream", name, shape), getattr(reference, name)
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs), err_msg=name)
+        diffs[name] = float(np.nanmax(np.abs(ours - theirs)))
+    print(f"C++ stream (openvino) vs Python run_pipeline (onnxruntime), E fixed: max abs diff {diffs}")
+    assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_stream_memory_does_not_grow_with_lines(build, exported, tmp_path):
+    """unmix_lines on OpenVINO: the peak RSS for 1024 lines stays within 4 MiB of that for 64 lines
+    (the 1024-line cube alone is 12 MiB)."""
+    if not _openvino_built(build):
+        if IN_CI:
+            pytest.fail("the OpenVINO backend was not built (pip install openvino)")
+        pytest.skip("the OpenVINO backend was not built")
+    from unmix.io.envi import write_cube
+
+    _, model = exported
+    rng = np.random.default_rng(0)
+    cube = rng.uniform(0.05, 0.6, size=(1024, 128, 24)).astype(np.float32)
+    header = write_cube(tmp_path / "long.hdr", cube)
+    peaks = {}
+    for lines in (64, 1024):
+        run = _run([str(_lines_program(build)), str(model), str(header), str(tmp_path / f"out{lines}"),
+                    "--backend", "openvino", "--threads", "2", "--max-lines", str(lines), "steps=2", "t0=50"])
+        assert run.returncode == 0, run.stdout + run.stderr
+        fields = run.stdout.split()
+        assert int(fields[0]) == lines
+        peaks[lines] = int(fields[5])
+    print(f"unmix_lines (openvino, 128 x 24) peak RSS KiB: {peaks}")
+    assert peaks[1024] - peaks[64] < 4096, peaks

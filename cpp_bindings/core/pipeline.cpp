@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "manifest.hpp"
+#include "tile_steps.hpp"
 
 namespace unmix {
 
@@ -176,63 +177,54 @@ void project_simplex(double* v, int p) {
 }
 
 // ---- the pipeline ----------------------------------------------------------------------------------
+// Pipeline::run follows run_pipeline step by step; the per-tile bodies live in TileSteps (shared with the
+// push-broom Stream), the whole-image blending and the statistics here.
 
 namespace {
 constexpr int kStatisticsBlock = 256;
-constexpr double kMinScale = 1e-6;
 
+// Accumulates weighted (h, w, C) tile values into an (H, W, C) image (tiling.Blender).
 struct Blender {
     int H, W, C, T;
     std::vector<double> weights, sum, weight_sum;
     Blender(int H_, int W_, int C_, int T_, int overlap) : H(H_), W(W_), C(C_), T(T_) {
-        std::vector<double> w = blend_window(T, overlap);
-        weights.resize(static_cast<size_t>(T) * T);
-        for (int i = 0; i < T; ++i)
-            for (int j = 0; j < T; ++j) weights[i * T + j] = w[i] * w[j];
+        weights = blend_weights(T, overlap);
         sum.assign(static_cast<size_t>(H) * W * C, 0.0);
         weight_sum.assign(static_cast<size_t>(H) * W, 0.0);
     }
-    void reset() {
-        std::fill(sum.begin(), sum.end(), 0.0);
+    void reset(int channels) {
+        C = channels;
+        sum.assign(static_cast<size_t>(H) * W * C, 0.0);
         std::fill(weight_sum.begin(), weight_sum.end(), 0.0);
     }
-    // values (h, w, C) float32-valued doubles or floats via accessor
-    template <typename Get>
-    void add(const Tile& tile, Get get) {
+    // channel-first (C, T, T) tile output
+    void add_chw(const Tile& tile, const float* chw) {
         for (int i = 0; i < tile.height; ++i)
             for (int j = 0; j < tile.width; ++j) {
                 const double wt = weights[i * T + j];
                 const size_t pixel = static_cast<size_t>(tile.row0 + i) * W + (tile.col0 + j);
-                for (int c = 0; c < C; ++c) sum[pixel * C + c] += wt * static_cast<double>(get(i, j, c));
+                for (int c = 0; c < C; ++c)
+                    sum[pixel * C + c] += wt * static_cast<double>(chw[(static_cast<size_t>(c) * T + i) * T + j]);
                 weight_sum[pixel] += wt;
             }
     }
-    // result as float32 (H, W, C)
-    void result(float* out) const {
-        for (size_t pixel = 0; pixel < weight_sum.size(); ++pixel) {
-            if (!(weight_sum[pixel] > 0)) throw UsageError("some pixels were covered by no tile");
-            for (int c = 0; c < C; ++c) out[pixel * C + c] = static_cast<float>(sum[pixel * C + c] / weight_sum[pixel]);
-        }
+    // (h, w, C) row-major tile values
+    void add_hwc(const Tile& tile, const float* hwc) {
+        for (int i = 0; i < tile.height; ++i)
+            for (int j = 0; j < tile.width; ++j) {
+                const double wt = weights[i * T + j];
+                const size_t pixel = static_cast<size_t>(tile.row0 + i) * W + (tile.col0 + j);
+                const float* v = hwc + (static_cast<size_t>(i) * tile.width + j) * C;
+                for (int c = 0; c < C; ++c) sum[pixel * C + c] += wt * static_cast<double>(v[c]);
+                weight_sum[pixel] += wt;
+            }
+    }
+    // channel c of the weighted mean, float32, at pixel
+    float value(size_t pixel, int c) const {
+        if (!(weight_sum[pixel] > 0)) throw UsageError("some pixels were covered by no tile");
+        return static_cast<float>(sum[pixel * C + c] / weight_sum[pixel]);
     }
 };
-
-bool pixel_valid(const float* y, int B) {
-    for (int b = 0; b < B; ++b)
-        if (!std::isfinite(y[b])) return false;
-    return true;
-}
-
-// (h, w, C) window of an (H, W, C) image -> padded channel-first (C, T, T), edge rows/cols repeated.
-void channels_first(const float* image, int W, int C, const Tile& tile, int T, float* out) {
-    for (int i = 0; i < T; ++i) {
-        const int r = tile.row0 + std::min(i, tile.height - 1);
-        for (int j = 0; j < T; ++j) {
-            const int c = tile.col0 + std::min(j, tile.width - 1);
-            const float* src = image + (static_cast<size_t>(r) * W + c) * C;
-            for (int k = 0; k < C; ++k) out[(static_cast<size_t>(k) * T + i) * T + j] = src[k];
-        }
-    }
-}
 
 struct Statistics {
     std::vector<double> AtA, AtY;
@@ -266,16 +258,7 @@ void statistics(const float* cube, const std::vector<char>& mask, const float* A
                         for (int b = 0; b < B; ++b) blockAtY[k * B + b] += a[k] * static_cast<double>(y[b]);
                     }
                     ++s.count;
-                    if (E && rmse) {
-                        double total = 0.0;
-                        for (int b = 0; b < B; ++b) {
-                            double model = 0.0;
-                            for (int k = 0; k < p; ++k) model += a[k] * E[k * B + b];
-                            double d = static_cast<double>(y[b]) - model;
-                            total += d * d;
-                        }
-                        rmse[pixel] = static_cast<float>(std::sqrt(total / B));
-                    }
+                    if (E && rmse) rmse[pixel] = pixel_rmse(y, A + pixel * p, E, p, B);
                 }
             for (int i = 0; i < p * p; ++i) s.AtA[i] += blockAtA[i];
             for (int i = 0; i < p * B; ++i) s.AtY[i] += blockAtY[i];
@@ -285,31 +268,29 @@ void statistics(const float* cube, const std::vector<char>& mask, const float* A
 
 }  // namespace
 
-Pipeline::Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile)
-    : backend_(backend), schedule_(schedule), B_(bands), p_(endmembers), T_(tile) {
-    schedule_.validate();
-    if (B_ < 1 || p_ < 2 || T_ < 1) throw UsageError("Pipeline: bands >= 1, endmembers >= 2 and tile >= 1");
+void check_endmembers(const float* endmembers, int p, int B) {
+    for (size_t i = 0; i < static_cast<size_t>(p) * B; ++i)
+        if (!std::isfinite(endmembers[i]) || endmembers[i] < 0.0f)
+            throw UsageError("endmembers must be a finite non-negative (" + std::to_string(p) + ", " + std::to_string(B) +
+                             ") array");
 }
 
+Pipeline::Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile)
+    : backend_(backend), schedule_(schedule), B_(bands), p_(endmembers), T_(tile), steps_(nullptr) {
+    steps_ = new TileSteps(backend_, schedule_, B_, p_, T_);
+}
+
+Pipeline::~Pipeline() { delete steps_; }
+
 void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, float* abundances_out,
-                   float* endmembers_out, float* rmse_out) {
+                   float* endmembers_out, float* rmse_out, const float* initial_endmembers, float* uncertainty_out) {
     if (!cube || !abundances_out || !endmembers_out || !rmse_out) throw UsageError("null buffer");
     if (H < 1 || W < 1) throw UsageError("the cube must have H >= 1 and W >= 1");
-    cfg.validate();
-    if (cfg.tile != T_)
-        throw UsageError("the networks were built for " + std::to_string(T_) + "x" + std::to_string(T_) +
-                         " tiles, but the tile setting is " + std::to_string(cfg.tile));
-    const int B = B_, p = p_, T = T_, K = cfg.steps, S = cfg.samples;
-    const size_t TT = static_cast<size_t>(T) * T, HW = static_cast<size_t>(H) * W;
-    // Fail on bad step settings before any work.
-    const std::vector<int64_t> timesteps = ddim_timesteps(schedule_.T, K, cfg.t0);
-    const std::vector<float> table = ddim_coefficients(schedule_, timesteps, cfg.eta).table();
-    std::vector<int64_t> spectra_timesteps;
-    std::vector<float> spectra_table;
-    if (cfg.refine_spectra) {
-        spectra_timesteps = ddim_timesteps(schedule_.T, cfg.spectra_steps, cfg.spectra_t0);
-        spectra_table = ddim_coefficients(schedule_, spectra_timesteps, cfg.spectra_eta).table();
-    }
+    const int B = B_, p = p_, T = T_;
+    if (initial_endmembers) check_endmembers(initial_endmembers, p, B);
+    TileSteps& steps = *steps_;
+    steps.configure(cfg);  // fails on bad step settings before any work
+    const size_t HW = static_cast<size_t>(H) * W;
     const std::vector<Tile> grid = tile_grid(H, W, T, cfg.overlap);
     stats_ = PipelineStats{};
 
@@ -320,90 +301,31 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
         mask[pixel] = pixel_valid(cube + pixel * B, B);
         for (int b = 0; b < B; ++b) clean[pixel * B + b] = mask[pixel] ? cube[pixel * B + b] : 0.0f;
     }
-    std::vector<float> tile_cube(B * TT), tile_out(p * TT), A(HW * p), current(HW * p, 0.0f);
-    std::vector<float> x_a(p * TT), x_b(p * TT), x0(p * TT), z(p * TT), zeros(p * TT, 0.0f), work_tile(TT * B);
-    std::vector<double> sample_sum(TT * p);
-    float t_value[1] = {0.0f};
-    float coef[kTableColumns];
-    float dc = static_cast<float>(cfg.dc_weight);
+    std::vector<float> A(HW * p), current(HW * p), work_tile(static_cast<size_t>(T) * T * B), uncertainty;
     Blender blender(H, W, p, T, cfg.overlap);
     Statistics st;
-    std::vector<double> stats_work;
+    std::vector<double> stats_work, refined(p);
     std::vector<float> E32(static_cast<size_t>(p) * B);
-    std::vector<float> s_x_a(static_cast<size_t>(p) * B), s_x_b(static_cast<size_t>(p) * B), s_noise(static_cast<size_t>(p) * B);
-    std::vector<float> s_AtA(static_cast<size_t>(p) * p), s_AtY(static_cast<size_t>(p) * B), s_scale(static_cast<size_t>(p));
-    std::vector<float> s_t(static_cast<size_t>(p));
-    std::vector<double> refined(p);
-
-    // Network I/O views, built once; only data pointers change inside the loops.
-    std::vector<TensorView> h_in = {TensorView("cube", tile_cube.data(), {1, B, T, T})};
-    std::vector<TensorView> h_out = {TensorView("abundances", tile_out.data(), {1, p, T, T})};
-    std::vector<TensorView> a_in = {TensorView("x_t", x_a.data(), {1, p, T, T}), TensorView("t", t_value, {1}),
-                                    TensorView("coef", coef, {kTableColumns}),
-                                    TensorView("noise", zeros.data(), {1, p, T, T}),
-                                    TensorView("cube", tile_cube.data(), {1, B, T, T}),
-                                    TensorView("endmembers", E32.data(), {p, B}), TensorView("dc_weight", &dc, {1})};
-    std::vector<TensorView> a_out = {TensorView("x_prev", x_b.data(), {1, p, T, T})};
-    std::vector<TensorView> s_in = {
-        TensorView("x_t", s_x_a.data(), {p, 1, B}),      TensorView("t", s_t.data(), {p}),
-        TensorView("coef", coef, {kTableColumns}),        TensorView("noise", s_noise.data(), {p, 1, B}),
-        TensorView("AtA", s_AtA.data(), {p, p}),          TensorView("AtY", s_AtY.data(), {p, B}),
-        TensorView("scale", s_scale.data(), {p}),         TensorView("dc_weight", &dc, {1})};
-    std::vector<TensorView> s_out = {TensorView("x_prev", s_x_b.data(), {p, 1, B})};
 
     // Pass 1: HybridSTU tile by tile, blended.
     for (const Tile& tile : grid) {
-        channels_first(clean.data(), W, B, tile, T, tile_cube.data());
-        backend_.run(hybridstu_, h_in, h_out);
-        ++stats_.network_calls;
-        blender.add(tile, [&](int i, int j, int k) { return tile_out[(static_cast<size_t>(k) * T + i) * T + j]; });
+        channels_first_rows([&](int i) { return clean.data() + (static_cast<size_t>(tile.row0 + i) * W + tile.col0) * B; },
+                            tile.height, tile.width, B, T, steps.cube_buffer());
+        blender.add_chw(tile, steps.hybridstu_tile());
     }
-    blender.result(A.data());
+    for (size_t pixel = 0; pixel < HW; ++pixel)
+        for (int k = 0; k < p; ++k) A[pixel * p + k] = blender.value(pixel, k);
 
     statistics(cube, mask, A.data(), H, W, B, p, nullptr, nullptr, st, stats_work);
-    std::vector<double> E = nnls_endmembers(st.AtA, st.AtY, p, B);
+    std::vector<double> E;
+    if (initial_endmembers)
+        E.assign(initial_endmembers, initial_endmembers + static_cast<size_t>(p) * B);
+    else
+        E = nnls_endmembers(st.AtA, st.AtY, p, B);
 
     for (int round = 0; round < cfg.rounds; ++round) {
         if (round > 0) E = nnls_endmembers(st.AtA, st.AtY, p, B);
-        if (cfg.refine_spectra) {
-            const int KS = cfg.spectra_steps;
-            for (int k = 0; k < p; ++k) {
-                double m = E[k * B];
-                for (int b = 1; b < B; ++b) m = std::max(m, E[k * B + b]);
-                s_scale[k] = static_cast<float>(std::max(m, kMinScale));
-            }
-            spectra_noise(cfg.seed, counter_step(KS, -1, round), 0, p, B, s_noise.data());
-            const float c2 = spectra_table[2], c3 = spectra_table[3];
-            for (int k = 0; k < p; ++k)
-                for (int b = 0; b < B; ++b) {
-                    const float e = static_cast<float>(E[k * B + b]);
-                    const float x0v = 2.0f * e / s_scale[k] - 1.0f;
-                    const float lhs = c2 * x0v, rhs = c3 * s_noise[k * B + b];
-                    s_x_a[k * B + b] = lhs + rhs;
-                }
-            for (int i = 0; i < p * p; ++i) s_AtA[i] = static_cast<float>(st.AtA[i] / static_cast<double>(st.count));
-            for (int i = 0; i < p * B; ++i) s_AtY[i] = static_cast<float>(st.AtY[i] / static_cast<double>(st.count));
-            float* cur = s_x_a.data();
-            float* next = s_x_b.data();
-            for (int i = 0; i < KS; ++i) {
-                for (int c = 0; c < kTableColumns; ++c) coef[c] = spectra_table[i * kTableColumns + c];
-                if (coef[6] > 0.0f)
-                    spectra_noise(cfg.seed, counter_step(KS, i, round), 0, p, B, s_noise.data());
-                else
-                    std::fill(s_noise.begin(), s_noise.end(), 0.0f);
-                for (int k = 0; k < p; ++k) s_t[k] = static_cast<float>(spectra_timesteps[i]);
-                s_in[0].data = cur;
-                s_out[0].data = next;
-                backend_.run(spectra_step_, s_in, s_out);
-                ++stats_.network_calls;
-                std::swap(cur, next);
-            }
-            for (int k = 0; k < p; ++k)
-                for (int b = 0; b < B; ++b)
-                    E[k * B + b] = std::max(static_cast<double>(s_scale[k]) *
-                                                (static_cast<double>(cur[k * B + b]) + 1.0) / 2.0,
-                                            0.0);
-        }
+        if (cfg.refine_spectra) steps.refine_spectra(E, st.AtA, st.AtY, st.count, round);
         for (int i = 0; i < p * B; ++i) {
             E32[i] = static_cast<float>(E[i]);
             E[i] = static_cast<double>(E32[i]);  // the float32 E the step networks see
@@ -411,13 +333,13 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
         std::copy(A.begin(), A.end(), current.begin());
 
         // Pass 2: the 2D DDIM refinement of every tile, blended.
-        blender.reset();
+        blender.reset(steps.refine_channels());
         for (const Tile& tile : grid) {
             // The tile's cube; invalid pixels get the current reconstruction A E.
             for (int i = 0; i < tile.height; ++i)
                 for (int j = 0; j < tile.width; ++j) {
                     const size_t pixel = static_cast<size_t>(tile.row0 + i) * W + (tile.col0 + j);
-                    float* y = work_tile.data() + (static_cast<size_t>(i) * T + j) * B;
+                    float* y = work_tile.data() + (static_cast<size_t>(i) * tile.width + j) * B;
                     if (mask[pixel]) {
                         std::copy(clean.begin() + pixel * B, clean.begin() + (pixel + 1) * B, y);
                     } else {
@@ -428,64 +350,32 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
                         }
                     }
                 }
-            const Tile local{0, 0, tile.height, tile.width};
-            channels_first(work_tile.data(), T, B, local, T, tile_cube.data());
-            channels_first(current.data() + 0, W, p, tile, T, x0.data());
-            for (size_t n = 0; n < p * TT; ++n) x0[n] = 2.0f * x0[n] - 1.0f;
-            std::fill(sample_sum.begin(), sample_sum.end(), 0.0);
-            for (int s = 0; s < S; ++s) {
-                gaussian_window_chw(cfg.seed, kStreamAbundance, counter_step(K, -1, round), static_cast<uint32_t>(s),
-                                    static_cast<uint32_t>(tile.row0), T, static_cast<uint32_t>(tile.col0), T, p,
-                                    z.data());
-                const float c2 = table[2], c3 = table[3];
-                for (size_t n = 0; n < p * TT; ++n) {
-                    const float lhs = c2 * x0[n], rhs = c3 * z[n];
-                    x_a[n] = lhs + rhs;
-                }
-                float* cur = x_a.data();
-                float* next = x_b.data();
-                for (int i = 0; i < K; ++i) {
-                    for (int c = 0; c < kTableColumns; ++c) coef[c] = table[i * kTableColumns + c];
-                    if (coef[6] > 0.0f) {
-                        gaussian_window_chw(cfg.seed, kStreamAbundance, counter_step(K, i, round),
-                                            static_cast<uint32_t>(s), static_cast<uint32_t>(tile.row0), T,
-                                            static_cast<uint32_t>(tile.col0), T, p, z.data());
-                        a_in[3].data = z.data();
-                    } else {
-                        a_in[3].data = zeros.data();
-                    }
-                    t_value[0] = static_cast<float>(timesteps[i]);
-                    a_in[0].data = cur;
-                    a_out[0].data = next;
-                    backend_.run(abundance_step_, a_in, a_out);
-                    ++stats_.network_calls;
-                    std::swap(cur, next);
-                }
-                for (int i = 0; i < tile.height; ++i)
-                    for (int j = 0; j < tile.width; ++j)
-                        for (int k = 0; k < p; ++k)
-                            sample_sum[(static_cast<size_t>(i) * T + j) * p + k] +=
-                                (static_cast<double>(cur[(static_cast<size_t>(k) * T + i) * T + j]) + 1.0) / 2.0;
-            }
-            blender.add(tile, [&](int i, int j, int k) {
-                double mean = sample_sum[(static_cast<size_t>(i) * T + j) * p + k];
-                if (S > 1) mean /= S;
-                return static_cast<float>(mean);
-            });
+            channels_first_rows([&](int i) { return work_tile.data() + static_cast<size_t>(i) * tile.width * B; },
+                                tile.height, tile.width, B, T, steps.cube_buffer());
+            channels_first_rows([&](int i) { return current.data() + (static_cast<size_t>(tile.row0 + i) * W + tile.col0) * p; },
+                                tile.height, tile.width, p, T, steps.x0_buffer());
+            blender.add_hwc(tile, steps.refine_tile(tile, round, E32.data()));
         }
-        blender.result(A.data());  // float32 before the projection
-        for (size_t pixel = 0; pixel < HW; ++pixel) {
-            for (int k = 0; k < p; ++k) refined[k] = static_cast<double>(A[pixel * p + k]);
+        for (size_t pixel = 0; pixel < HW; ++pixel) {  // float32 before the projection
+            for (int k = 0; k < p; ++k) refined[k] = static_cast<double>(blender.value(pixel, k));
             project_simplex(refined.data(), p);
             for (int k = 0; k < p; ++k) A[pixel * p + k] = static_cast<float>(refined[k]);
         }
+        if (cfg.samples > 1 && uncertainty_out) {
+            uncertainty.resize(HW);
+            for (size_t pixel = 0; pixel < HW; ++pixel) uncertainty[pixel] = blender.value(pixel, p);
+        }
         statistics(cube, mask, A.data(), H, W, B, p, E.data(), rmse_out, st, stats_work);
     }
+    stats_.network_calls = steps.network_calls();
 
     const float nan = std::numeric_limits<float>::quiet_NaN();
     for (size_t pixel = 0; pixel < HW; ++pixel)
         for (int k = 0; k < p; ++k) abundances_out[pixel * p + k] = mask[pixel] ? A[pixel * p + k] : nan;
     std::copy(E32.begin(), E32.end(), endmembers_out);
+    if (uncertainty_out)
+        for (size_t pixel = 0; pixel < HW; ++pixel)
+            uncertainty_out[pixel] = (cfg.samples > 1 && mask[pixel]) ? uncertainty[pixel] : nan;
 }
 
 }  // namespace unmix

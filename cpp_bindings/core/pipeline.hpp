@@ -65,14 +65,20 @@ std::vector<double> nnls_endmembers(const std::vector<double>& AtA, const std::v
 // Euclidean projection of v (length p) onto the probability simplex, in place (NaN in -> all NaN).
 void project_simplex(double* v, int p);
 
+class TileSteps;
+
 class Pipeline {
 public:
     // B bands, p endmembers, T the networks' tile size.
     Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile);
+    ~Pipeline();
 
     // cube (H, W, B) float32 row-major; outputs (H, W, p), (p, B), (H, W). Throws on error.
+    // initial_endmembers (p, B), optional: used instead of the NNLS estimate of pass 1 in round 0
+    // (run_pipeline's `endmembers`). uncertainty (H, W), optional: written when samples > 1 (the mean over
+    // endmembers of the per-pixel standard deviation across samples), else filled with NaN.
     void run(const float* cube, int H, int W, const PipelineConfig& config, float* abundances, float* endmembers,
-             float* rmse);
+             float* rmse, const float* initial_endmembers = nullptr, float* uncertainty = nullptr);
 
     const PipelineStats& stats() const { return stats_; }
 
@@ -81,7 +87,10 @@ private:
     Schedule schedule_;
     int B_, p_, T_;
     PipelineStats stats_;
-    const std::string hybridstu_ = "hybridstu", abundance_step_ = "abundance_step", spectra_step_ = "spectra_step";
+    TileSteps* steps_;  // owned
 };
+
+// Checks a caller's (p, B) endmembers: finite and >= 0 (UsageError otherwise).
+void check_endmembers(const float* endmembers, int p, int B);
 
 }  // namespace unmix

@@ -7,8 +7,10 @@
  *   abundances  (H, W, p)  on the simplex
  *   endmembers  (p, B)     >= 0
  *   rmse        (H, W)     per-pixel reconstruction RMSE
+ *   uncertainty (H, W)     mean over endmembers of the per-pixel standard deviation across samples
+ * Sizes are checked on every call: a buffer length passed as `count` must equal what the model needs.
  * Versioning: UNMIX_ABI_VERSION grows when functions are added; existing signatures never change.
- * Reserved for later: unmix_stream_begin / unmix_stream_push_lines / unmix_stream_end (push-broom lines).
+ * Threads: a handle and its streams are used from one thread at a time; separate handles are independent.
  */
 #ifndef UNMIX_H
 #define UNMIX_H
@@ -20,7 +22,7 @@
 extern "C" {
 #endif
 
-#define UNMIX_ABI_VERSION 1
+#define UNMIX_ABI_VERSION 2
 
 #if defined(_WIN32)
 #define UNMIX_API __declspec(dllexport)
@@ -49,8 +51,21 @@ UNMIX_API unmix_status unmix_open(const char* model_dir, const char* backend_nam
  * spectra_steps, spectra_t0, spectra_eta, refine_spectra, seed); defaults come from the manifest. */
 UNMIX_API unmix_status unmix_set_option(unmix_handle* handle, const char* name, double value);
 
+/* Reads one setting (the names above, and "tile") into *value (ABI 2). */
+UNMIX_API unmix_status unmix_get_option(unmix_handle* handle, const char* name, double* value);
+
 UNMIX_API unmix_status unmix_run(unmix_handle* handle, const float* cube_hwb, int64_t H, int64_t W, int64_t B,
                                  float* abundances_hwp, float* endmembers_pb, float* rmse_hw);
+
+/* unmix_run with two optional buffers (ABI 2). endmembers_in_pb (p, B), or NULL: the starting endmembers
+ * instead of pass 1's NNLS estimate (with refine_spectra = 0 and rounds = 1 they stay fixed: the result a
+ * stream gives). uncertainty_hw (H, W), or NULL: written when samples > 1, NaN otherwise. */
+UNMIX_API unmix_status unmix_run_ex(unmix_handle* handle, const float* cube_hwb, int64_t H, int64_t W, int64_t B,
+                                    const float* endmembers_in_pb, float* abundances_hwp, float* endmembers_pb,
+                                    float* rmse_hw, float* uncertainty_hw);
+
+/* Copies the manifest's endmembers (p, B) into endmembers_pb; count must be p * B. */
+UNMIX_API unmix_status unmix_model_endmembers(unmix_handle* handle, float* endmembers_pb, int64_t count);
 
 UNMIX_API int unmix_endmember_count(const unmix_handle* handle); /* p, or -1 for NULL */
 UNMIX_API int unmix_band_count(const unmix_handle* handle);      /* B, or -1 for NULL */
@@ -60,6 +75,47 @@ UNMIX_API int unmix_tile_size(const unmix_handle* handle);       /* T, or -1 for
 UNMIX_API const char* unmix_last_error(const unmix_handle* handle);
 
 UNMIX_API void unmix_close(unmix_handle* handle);
+
+/* ---- push-broom streaming (ABI 2) ---------------------------------------------------------------
+ * Lines of W pixels go in one at a time, BIP within the line: line_wb[j * B + b] for pixel j, band b.
+ * Finished rows come out in order: abundances (W, p), rmse (W), uncertainty (W) when samples > 1.
+ * The endmembers stay fixed (the manifest's, or the caller's); the stream runs the same tiles as
+ * unmix_run_ex(endmembers_in = the same E, refine_spectra = 0, rounds = 1) and its rows equal that call's
+ * rows bit for bit on the same backend and settings. Memory: a ring of 2T + 1 rows (T the tile size),
+ * whatever the number of lines; a row is finished about 2T lines after it was pushed, the rest at
+ * unmix_stream_finish. Settings are taken from the handle when the stream opens (rounds and
+ * refine_spectra do not apply). The handle may be closed before its streams.
+ *
+ *   unmix_stream* s = NULL;
+ *   unmix_stream_open(h, W, B, NULL, &s);               // NULL: the manifest's endmembers
+ *   for each line: unmix_stream_push_line(s, line, W * B);
+ *                  while (unmix_stream_rows_ready(s) > 0) unmix_stream_pop_row(s, &row, a, rmse, unc);
+ *   unmix_stream_finish(s); then pop the remaining rows; unmix_stream_close(s);
+ */
+typedef struct unmix_stream unmix_stream;
+
+/* bands must be the model's B; endmembers_pb (p, B) finite and >= 0, or NULL for the manifest's. */
+UNMIX_API unmix_status unmix_stream_open(unmix_handle* handle, int64_t width, int64_t bands, const float* endmembers_pb,
+                                         unmix_stream** stream);
+/* count must be width * bands. Refused (UNMIX_ERROR_USAGE) while the ring is full of finished rows
+ * that were not popped, and after unmix_stream_finish. */
+UNMIX_API unmix_status unmix_stream_push_line(unmix_stream* stream, const float* line_wb, int64_t count);
+/* No more lines: the last rows are finished (the last row tile moves to H - T, as in unmix_run). */
+UNMIX_API unmix_status unmix_stream_finish(unmix_stream* stream);
+/* Finished rows waiting to be popped; -1 for NULL. */
+UNMIX_API int64_t unmix_stream_rows_ready(const unmix_stream* stream);
+/* Copies the next finished row out and sets *row_index (0-based); uncertainty_w may be NULL.
+ * UNMIX_ERROR_USAGE when no row is ready. */
+UNMIX_API unmix_status unmix_stream_pop_row(unmix_stream* stream, int64_t* row_index, float* abundances_wp, float* rmse_w,
+                                            float* uncertainty_w);
+/* Endmembers (p, B) re-estimated (NNLS) from the running sums A^T A and A^T Y of the popped rows: feed them
+ * to the next stream's unmix_stream_open to update E between flight lines. count must be p * B. */
+UNMIX_API unmix_status unmix_stream_estimate_endmembers(unmix_stream* stream, float* endmembers_pb, int64_t count);
+/* Rows the stream's ring holds (2T + 1); -1 for NULL. */
+UNMIX_API int unmix_stream_ring_rows(const unmix_stream* stream);
+/* The stream's last error (with NULL: the calling thread's last error from a NULL handle or stream). */
+UNMIX_API const char* unmix_stream_last_error(const unmix_stream* stream);
+UNMIX_API void unmix_stream_close(unmix_stream* stream);
 
 #ifdef __cplusplus
 }

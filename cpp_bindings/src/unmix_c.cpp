@@ -9,13 +9,20 @@
 #include "../backends/backends.hpp"
 #include "../core/manifest.hpp"
 #include "../core/pipeline.hpp"
+#include "../core/stream.hpp"
 
 struct unmix_handle {
     unmix::Manifest manifest;
-    std::unique_ptr<unmix::Backend> backend;
+    std::shared_ptr<unmix::Backend> backend;  // shared with the handle's streams
     std::unique_ptr<unmix::Pipeline> pipeline;
     unmix::PipelineConfig config;
     int p = 0, B = 0, T = 0;
+    std::string error;
+};
+
+struct unmix_stream {
+    std::unique_ptr<unmix::Stream> stream;
+    int p = 0, B = 0, W = 0;
     std::string error;
 };
 
@@ -97,6 +104,31 @@ int integer_option(const char* name, double value, double minimum) {
     return static_cast<int>(value);
 }
 
+unmix_status null_handle(const char* function, const char* what = "handle") {
+    g_open_error = std::string(function) + ": " + what + " is NULL";
+    return UNMIX_ERROR_USAGE;
+}
+
+void check_count(const char* function, int64_t count, int64_t expected, const char* what) {
+    if (count != expected)
+        throw unmix::UsageError(std::string(function) + ": count is " + std::to_string(count) + ", expected " + what + " = " +
+                                std::to_string(expected));
+}
+
+void check_bands(const unmix_handle& h, int64_t B) {
+    if (B != h.B)
+        throw unmix::InputError("the cube has " + std::to_string(B) + " bands but the model expects " + std::to_string(h.B));
+}
+
+void run_checked(unmix_handle& h, const char* function, const float* cube, int64_t H, int64_t W, int64_t B,
+                 const float* endmembers_in, float* abundances, float* endmembers, float* rmse, float* uncertainty) {
+    if (H < 1 || W < 1 || H > 1000000 || W > 1000000)
+        throw unmix::UsageError(std::string(function) + ": H and W must be in 1..1000000");
+    check_bands(h, B);
+    h.pipeline->run(cube, static_cast<int>(H), static_cast<int>(W), h.config, abundances, endmembers, rmse, endmembers_in,
+                    uncertainty);
+}
+
 }  // namespace
 
 extern "C" {
@@ -114,7 +146,7 @@ unmix_status unmix_open(const char* model_dir, const char* backend_name, int thr
         h->manifest = unmix::load_manifest(model_dir);
         shapes(*h);
         defaults(*h);
-        h->backend = unmix::make_backend(backend_name, h->manifest, threads);
+        h->backend = std::shared_ptr<unmix::Backend>(unmix::make_backend(backend_name, h->manifest, threads));
         h->pipeline.reset(new unmix::Pipeline(*h->backend, h->manifest.schedule, h->B, h->p, h->T));
     });
     if (status == UNMIX_OK) *handle = h.release();
@@ -122,10 +154,7 @@ unmix_status unmix_open(const char* model_dir, const char* backend_name, int thr
 }
 
 unmix_status unmix_set_option(unmix_handle* handle, const char* name, double value) {
-    if (!handle) {
-        g_open_error = "unmix_set_option: handle is NULL";
-        return UNMIX_ERROR_USAGE;
-    }
+    if (!handle) return null_handle("unmix_set_option");
     return guarded(handle->error, [&] {
         if (!name) throw unmix::UsageError("unmix_set_option: name is NULL");
         unmix::PipelineConfig c = handle->config;
@@ -153,24 +182,128 @@ unmix_status unmix_set_option(unmix_handle* handle, const char* name, double val
     });
 }
 
+unmix_status unmix_get_option(unmix_handle* handle, const char* name, double* value) {
+    if (!handle) return null_handle("unmix_get_option");
+    return guarded(handle->error, [&] {
+        if (!name || !value) throw unmix::UsageError("unmix_get_option: name or value is NULL");
+        const unmix::PipelineConfig& c = handle->config;
+        const std::string key = name;
+        if (key == "steps") *value = c.steps;
+        else if (key == "t0") *value = c.t0;
+        else if (key == "eta") *value = c.eta;
+        else if (key == "samples") *value = c.samples;
+        else if (key == "rounds") *value = c.rounds;
+        else if (key == "tile") *value = c.tile;
+        else if (key == "overlap") *value = c.overlap;
+        else if (key == "dc_weight") *value = c.dc_weight;
+        else if (key == "spectra_steps") *value = c.spectra_steps;
+        else if (key == "spectra_t0") *value = c.spectra_t0;
+        else if (key == "spectra_eta") *value = c.spectra_eta;
+        else if (key == "refine_spectra") *value = c.refine_spectra ? 1.0 : 0.0;
+        else if (key == "seed") *value = static_cast<double>(c.seed);
+        else throw unmix::UsageError("unknown inference setting '" + key + "'");
+    });
+}
+
 unmix_status unmix_run(unmix_handle* handle, const float* cube_hwb, int64_t H, int64_t W, int64_t B,
                        float* abundances_hwp, float* endmembers_pb, float* rmse_hw) {
-    if (!handle) {
-        g_open_error = "unmix_run: handle is NULL";
-        return UNMIX_ERROR_USAGE;
-    }
+    if (!handle) return null_handle("unmix_run");
     return guarded(handle->error, [&] {
         if (!cube_hwb || !abundances_hwp || !endmembers_pb || !rmse_hw)
             throw unmix::UsageError("unmix_run: a buffer is NULL (cube, abundances, endmembers and rmse are required)");
-        if (H < 1 || W < 1 || H > 1000000 || W > 1000000)
-            throw unmix::UsageError("unmix_run: H and W must be in 1..1000000");
-        if (B != handle->B)
-            throw unmix::InputError("the cube has " + std::to_string(B) + " bands but the model expects " +
-                                    std::to_string(handle->B));
-        handle->pipeline->run(cube_hwb, static_cast<int>(H), static_cast<int>(W), handle->config, abundances_hwp,
-                              endmembers_pb, rmse_hw);
+        run_checked(*handle, "unmix_run", cube_hwb, H, W, B, nullptr, abundances_hwp, endmembers_pb, rmse_hw, nullptr);
     });
 }
+
+unmix_status unmix_run_ex(unmix_handle* handle, const float* cube_hwb, int64_t H, int64_t W, int64_t B,
+                          const float* endmembers_in_pb, float* abundances_hwp, float* endmembers_pb, float* rmse_hw,
+                          float* uncertainty_hw) {
+    if (!handle) return null_handle("unmix_run_ex");
+    return guarded(handle->error, [&] {
+        if (!cube_hwb || !abundances_hwp || !endmembers_pb || !rmse_hw)
+            throw unmix::UsageError(
+                "unmix_run_ex: a buffer is NULL (cube, abundances, endmembers and rmse are required)");
+        run_checked(*handle, "unmix_run_ex", cube_hwb, H, W, B, endmembers_in_pb, abundances_hwp, endmembers_pb, rmse_hw,
+                    uncertainty_hw);
+    });
+}
+
+unmix_status unmix_model_endmembers(unmix_handle* handle, float* endmembers_pb, int64_t count) {
+    if (!handle) return null_handle("unmix_model_endmembers");
+    return guarded(handle->error, [&] {
+        if (!endmembers_pb) throw unmix::UsageError("unmix_model_endmembers: endmembers is NULL");
+        check_count("unmix_model_endmembers", count, static_cast<int64_t>(handle->p) * handle->B, "p * B");
+        std::copy(handle->manifest.endmembers.begin(), handle->manifest.endmembers.end(), endmembers_pb);
+    });
+}
+
+// ---- streaming ------------------------------------------------------------------------------------
+
+unmix_status unmix_stream_open(unmix_handle* handle, int64_t width, int64_t bands, const float* endmembers_pb,
+                               unmix_stream** stream) {
+    if (stream) *stream = nullptr;
+    if (!handle) return null_handle("unmix_stream_open");
+    std::unique_ptr<unmix_stream> s;
+    const unmix_status status = guarded(handle->error, [&] {
+        if (!stream) throw unmix::UsageError("unmix_stream_open: stream is NULL");
+        if (width < 1 || width > 1000000) throw unmix::UsageError("unmix_stream_open: width must be in 1..1000000");
+        check_bands(*handle, bands);
+        s.reset(new unmix_stream());
+        s->p = handle->p;
+        s->B = handle->B;
+        s->W = static_cast<int>(width);
+        const float* E = endmembers_pb ? endmembers_pb : handle->manifest.endmembers.data();
+        s->stream.reset(new unmix::Stream(handle->backend, handle->manifest.schedule, handle->B, handle->p, handle->T,
+                                          s->W, handle->config, E));
+    });
+    if (status == UNMIX_OK) *stream = s.release();
+    return status;
+}
+
+unmix_status unmix_stream_push_line(unmix_stream* stream, const float* line_wb, int64_t count) {
+    if (!stream) return null_handle("unmix_stream_push_line", "stream");
+    return guarded(stream->error, [&] {
+        if (!line_wb) throw unmix::UsageError("unmix_stream_push_line: line is NULL");
+        check_count("unmix_stream_push_line", count, static_cast<int64_t>(stream->W) * stream->B, "width * bands");
+        stream->stream->push_line(line_wb);
+    });
+}
+
+unmix_status unmix_stream_finish(unmix_stream* stream) {
+    if (!stream) return null_handle("unmix_stream_finish", "stream");
+    return guarded(stream->error, [&] { stream->stream->finish(); });
+}
+
+int64_t unmix_stream_rows_ready(const unmix_stream* stream) { return stream ? stream->stream->rows_ready() : -1; }
+
+unmix_status unmix_stream_pop_row(unmix_stream* stream, int64_t* row_index, float* abundances_wp, float* rmse_w,
+                                  float* uncertainty_w) {
+    if (row_index) *row_index = -1;
+    if (!stream) return null_handle("unmix_stream_pop_row", "stream");
+    return guarded(stream->error, [&] {
+        if (!row_index || !abundances_wp || !rmse_w)
+            throw unmix::UsageError("unmix_stream_pop_row: row_index, abundances and rmse must not be NULL");
+        *row_index = stream->stream->pop_row(abundances_wp, rmse_w, uncertainty_w);
+    });
+}
+
+unmix_status unmix_stream_estimate_endmembers(unmix_stream* stream, float* endmembers_pb, int64_t count) {
+    if (!stream) return null_handle("unmix_stream_estimate_endmembers", "stream");
+    return guarded(stream->error, [&] {
+        if (!endmembers_pb) throw unmix::UsageError("unmix_stream_estimate_endmembers: endmembers is NULL");
+        check_count("unmix_stream_estimate_endmembers", count, static_cast<int64_t>(stream->p) * stream->B, "p * B");
+        const std::vector<double> E = stream->stream->estimate_endmembers();
+        for (size_t i = 0; i < E.size(); ++i) endmembers_pb[i] = static_cast<float>(E[i]);
+    });
+}
+
+int unmix_stream_ring_rows(const unmix_stream* stream) { return stream ? stream->stream->ring_rows() : -1; }
+
+const char* unmix_stream_last_error(const unmix_stream* stream) {
+    return stream ? stream->error.c_str() : g_open_error.c_str();
+}
+
+void unmix_stream_close(unmix_stream* stream) { delete stream; }
 
 int unmix_endmember_count(const unmix_handle* handle) { return handle ? handle->p : -1; }
 int unmix_band_count(const unmix_handle* handle) { return handle ? handle->B : -1; }

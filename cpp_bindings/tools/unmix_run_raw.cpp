@@ -1,7 +1,9 @@
-// unmix_run_raw MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [name=value ...]
+// unmix_run_raw MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [threads=N] [repeat=N] [fixed_endmembers=1] [name=value ...]
 // Reads an ENVI float32 cube (bsq, bil or bip; little-endian), unmixes it through the C ABI and writes
-// OUT_PREFIX.abundances.f32 (H, W, p), OUT_PREFIX.endmembers.f32 (p, B), OUT_PREFIX.rmse.f32 (H, W)
-// as raw little-endian float32, and prints "H W B p seconds".
+// OUT_PREFIX.abundances.f32 (H, W, p), OUT_PREFIX.endmembers.f32 (p, B), OUT_PREFIX.rmse.f32 (H, W) and
+// OUT_PREFIX.uncertainty.f32 (H, W; NaN for one sample) as raw little-endian float32, and prints
+// "H W B p seconds" (the best of repeat=N runs, default 1). fixed_endmembers=1: the manifest's endmembers, kept fixed (refine_spectra = 0,
+// rounds = 1; what a stream gives). threads=N: the backend's threads (default: its own choice).
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -130,13 +132,26 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "error: %s\n", error.c_str());
         return 3;
     }
+    int threads = 0, repeat = 1;
+    bool fixed = false;
+    std::vector<std::string> settings;
+    for (int i = 5; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg.rfind("threads=", 0) == 0) threads = std::atoi(arg.c_str() + 8);
+        else if (arg.rfind("repeat=", 0) == 0) repeat = std::max(1, std::atoi(arg.c_str() + 7));
+        else if (arg.rfind("fixed_endmembers=", 0) == 0) fixed = std::atoi(arg.c_str() + 17) != 0;
+        else settings.push_back(arg);
+    }
+    if (fixed) {
+        settings.insert(settings.begin(), "rounds=1");
+        settings.insert(settings.begin(), "refine_spectra=0");
+    }
     unmix_handle* h = nullptr;
-    if (unmix_open(argv[1], argv[2], 0, &h) != UNMIX_OK) {
+    if (unmix_open(argv[1], argv[2], threads, &h) != UNMIX_OK) {
         std::fprintf(stderr, "error: %s\n", unmix_last_error(nullptr));
         return 4;
     }
-    for (int i = 5; i < argc; ++i) {
-        const std::string arg = argv[i];
+    for (const std::string& arg : settings) {
         const size_t eq = arg.find('=');
         if (eq == std::string::npos || unmix_set_option(h, arg.substr(0, eq).c_str(), std::atof(arg.c_str() + eq + 1)) != UNMIX_OK) {
             std::fprintf(stderr, "error: bad setting '%s': %s\n", arg.c_str(), unmix_last_error(h));
@@ -146,9 +161,21 @@ int main(int argc, char** argv) {
     }
     const int p = unmix_endmember_count(h);
     std::vector<float> A(static_cast<size_t>(H) * W * p), E(static_cast<size_t>(p) * B), rmse(static_cast<size_t>(H) * W);
-    const auto start = std::chrono::steady_clock::now();
-    const unmix_status status = unmix_run(h, cube.data(), H, W, B, A.data(), E.data(), rmse.data());
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::vector<float> uncertainty(static_cast<size_t>(H) * W), given(static_cast<size_t>(p) * B);
+    if (fixed && unmix_model_endmembers(h, given.data(), static_cast<int64_t>(given.size())) != UNMIX_OK) {
+        std::fprintf(stderr, "error: %s\n", unmix_last_error(h));
+        unmix_close(h);
+        return 5;
+    }
+    unmix_status status = UNMIX_OK;
+    double seconds = 0.0;
+    for (int run = 0; run < repeat && status == UNMIX_OK; ++run) {
+        const auto start = std::chrono::steady_clock::now();
+        status = unmix_run_ex(h, cube.data(), H, W, B, fixed ? given.data() : nullptr, A.data(), E.data(), rmse.data(),
+                              uncertainty.data());
+        const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        seconds = run == 0 ? took : std::min(seconds, took);
+    }
     if (status != UNMIX_OK) {
         std::fprintf(stderr, "error: %s\n", unmix_last_error(h));
         unmix_close(h);
@@ -157,7 +184,7 @@ int main(int argc, char** argv) {
     unmix_close(h);
     const std::string prefix = argv[4];
     if (!write_raw(prefix + ".abundances.f32", A) || !write_raw(prefix + ".endmembers.f32", E) ||
-        !write_raw(prefix + ".rmse.f32", rmse)) {
+        !write_raw(prefix + ".rmse.f32", rmse) || !write_raw(prefix + ".uncertainty.f32", uncertainty)) {
         std::fprintf(stderr, "error: cannot write %s.*.f32\n", prefix.c_str());
         return 6;
     }
