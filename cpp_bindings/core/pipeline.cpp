@@ -29,7 +29,9 @@ void PipelineConfig::validate() const {
     if (tile < 1) throw UsageError("tile must be >= 1");
     if (overlap < 0 || overlap >= tile)
         throw UsageError("overlap must be smaller than tile (" + std::to_string(tile) + "), got " + std::to_string(overlap));
-    if (!(dc_weight >= 0.0) || !std::isfinite(dc_weight)) throw UsageError("dc_weight must be >= 0.0");
+    if (!(dc_weight >= 0.0 && dc_weight <= kMaxDcWeight)) throw UsageError("dc_weight must be >= 0.0 and <= 1000.0");
+    if (!(spectra_dc_weight >= 0.0 && spectra_dc_weight <= kMaxDcWeight))
+        throw UsageError("spectra_dc_weight must be >= 0.0 and <= 1000.0");
     if (spectra_steps < 1) throw UsageError("spectra_steps must be >= 1");
     if (spectra_t0 < 0) throw UsageError("spectra_t0 must be >= 0");
     if (!(spectra_eta >= 0.0 && spectra_eta <= 1.0)) throw UsageError("spectra_eta must be >= 0.0 and <= 1.0");
@@ -318,13 +320,22 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
 
     statistics(cube, mask, A.data(), H, W, B, p, nullptr, nullptr, st, stats_work);
     std::vector<double> E;
-    if (initial_endmembers)
+    if (initial_endmembers && cfg.initial_from_model)
         E.assign(initial_endmembers, initial_endmembers + static_cast<size_t>(p) * B);
     else
         E = nnls_endmembers(st.AtA, st.AtY, p, B);
 
     for (int round = 0; round < cfg.rounds; ++round) {
-        if (round > 0) E = nnls_endmembers(st.AtA, st.AtY, p, B);
+        if (round > 0 && !cfg.refine_spectra) {
+            // An endmember no pixel uses gets a zero spectrum from NNLS: keep its previous one.
+            const std::vector<double> update = nnls_endmembers(st.AtA, st.AtY, p, B);
+            for (int k = 0; k < p; ++k) {
+                double m = update[static_cast<size_t>(k) * B];
+                for (int b = 1; b < B; ++b) m = std::max(m, update[static_cast<size_t>(k) * B + b]);
+                if (m > 1e-6) std::copy(update.begin() + static_cast<long>(k) * B, update.begin() + static_cast<long>(k + 1) * B,
+                                        E.begin() + static_cast<long>(k) * B);
+            }
+        }
         if (cfg.refine_spectra) steps.refine_spectra(E, st.AtA, st.AtY, st.count, round);
         for (int i = 0; i < p * B; ++i) {
             E32[i] = static_cast<float>(E[i]);

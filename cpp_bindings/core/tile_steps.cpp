@@ -67,7 +67,7 @@ TileSteps::TileSteps(Backend& backend, const Schedule& schedule, int bands, int 
     s_in_ = {TensorView("x_t", s_x_a_.data(), {p, 1, B}), TensorView("t", s_t_.data(), {p}),
              TensorView("coef", coef_, {kTableColumns}),   TensorView("noise", s_noise_.data(), {p, 1, B}),
              TensorView("AtA", s_AtA_.data(), {p, p}),     TensorView("AtY", s_AtY_.data(), {p, B}),
-             TensorView("scale", s_scale_.data(), {p}),    TensorView("dc_weight", &dc_, {1})};
+             TensorView("scale", s_scale_.data(), {p}),    TensorView("dc_weight", &spectra_dc_, {1})};
     s_out_ = {TensorView("x_prev", s_x_b_.data(), {p, 1, B})};
 }
 
@@ -87,6 +87,7 @@ void TileSteps::configure(const PipelineConfig& cfg) {
     cfg_ = cfg;
     samples_ = cfg.samples;
     dc_ = static_cast<float>(cfg.dc_weight);
+    spectra_dc_ = static_cast<float>(cfg.spectra_dc_weight);
     calls_ = 0;
 }
 

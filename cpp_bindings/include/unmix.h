@@ -48,7 +48,8 @@ UNMIX_API int unmix_abi_version(void);
 UNMIX_API unmix_status unmix_open(const char* model_dir, const char* backend_name, int threads, unmix_handle** handle);
 
 /* Sets one inference setting by name (steps, t0, eta, samples, rounds, overlap, dc_weight,
- * spectra_steps, spectra_t0, spectra_eta, refine_spectra, seed); defaults come from the manifest. */
+ * spectra_steps, spectra_t0, spectra_eta, spectra_dc_weight, refine_spectra, initial_endmembers
+ * (1: the model's, 0: the NNLS estimate from pass 1), seed); defaults come from the manifest. */
 UNMIX_API unmix_status unmix_set_option(unmix_handle* handle, const char* name, double value);
 
 /* Reads one setting (the names above, and "tile") into *value (ABI 2). */
@@ -57,9 +58,10 @@ UNMIX_API unmix_status unmix_get_option(unmix_handle* handle, const char* name, 
 UNMIX_API unmix_status unmix_run(unmix_handle* handle, const float* cube_hwb, int64_t H, int64_t W, int64_t B,
                                  float* abundances_hwp, float* endmembers_pb, float* rmse_hw);
 
-/* unmix_run with two optional buffers (ABI 2). endmembers_in_pb (p, B), or NULL: the starting endmembers
- * instead of pass 1's NNLS estimate (with refine_spectra = 0 and rounds = 1 they stay fixed: the result a
- * stream gives). uncertainty_hw (H, W), or NULL: written when samples > 1, NaN otherwise. */
+/* unmix_run starts from the manifest's endmembers (or, with initial_endmembers = 0, from pass 1's NNLS
+ * estimate). unmix_run_ex (ABI 2) adds two optional buffers: endmembers_in_pb (p, B), or NULL: the
+ * starting endmembers instead of the manifest's (with refine_spectra = 0 and rounds = 1 they stay fixed:
+ * the result a stream gives). uncertainty_hw (H, W), or NULL: written when samples > 1, NaN otherwise. */
 UNMIX_API unmix_status unmix_run_ex(unmix_handle* handle, const float* cube_hwb, int64_t H, int64_t W, int64_t B,
                                     const float* endmembers_in_pb, float* abundances_hwp, float* endmembers_pb,
                                     float* rmse_hw, float* uncertainty_hw);

@@ -94,6 +94,10 @@ void defaults(unmix_handle& h) {
     if (inf.has("spectra_t0") && inf["spectra_t0"].is_integer()) c.spectra_t0 = static_cast<int>(inf["spectra_t0"].as_integer());
     if (inf.has("spectra_eta") && inf["spectra_eta"].is_number()) c.spectra_eta = inf["spectra_eta"].as_number();
     if (inf.has("refine_spectra") && inf["refine_spectra"].is_bool()) c.refine_spectra = inf["refine_spectra"].as_bool();
+    if (inf.has("spectra_dc_weight") && inf["spectra_dc_weight"].is_number())
+        c.spectra_dc_weight = inf["spectra_dc_weight"].as_number();
+    if (inf.has("initial_endmembers") && inf["initial_endmembers"].is_string())
+        c.initial_from_model = inf["initial_endmembers"].as_string() != "statistics";
     if (inf.has("seed") && inf["seed"].is_integer() && inf["seed"].as_integer() >= 0)
         c.seed = static_cast<uint64_t>(inf["seed"].as_integer());
 }
@@ -125,7 +129,10 @@ void run_checked(unmix_handle& h, const char* function, const float* cube, int64
     if (H < 1 || W < 1 || H > 1000000 || W > 1000000)
         throw unmix::UsageError(std::string(function) + ": H and W must be in 1..1000000");
     check_bands(h, B);
-    h.pipeline->run(cube, static_cast<int>(H), static_cast<int>(W), h.config, abundances, endmembers, rmse, endmembers_in,
+    // Without the caller's endmembers the manifest's (learnt with HybridSTU) start the pipeline, as in
+    // unmix.Unmixer; config.initial_from_model = false uses the NNLS estimate instead.
+    const float* start = endmembers_in ? endmembers_in : h.manifest.endmembers.data();
+    h.pipeline->run(cube, static_cast<int>(H), static_cast<int>(W), h.config, abundances, endmembers, rmse, start,
                     uncertainty);
 }
 
@@ -170,6 +177,8 @@ unmix_status unmix_set_option(unmix_handle* handle, const char* name, double val
         else if (key == "spectra_t0") c.spectra_t0 = integer_option(name, value, 0);
         else if (key == "spectra_eta") c.spectra_eta = value;
         else if (key == "refine_spectra") c.refine_spectra = value != 0.0;
+        else if (key == "spectra_dc_weight") c.spectra_dc_weight = value;
+        else if (key == "initial_endmembers") c.initial_from_model = value != 0.0;  // 1 model, 0 statistics
         else if (key == "seed") {
             if (!std::isfinite(value) || value != std::floor(value) || value < 0 || value > 9007199254740992.0)
                 throw unmix::UsageError("seed must be an integer in 0..2^53");
@@ -200,6 +209,8 @@ unmix_status unmix_get_option(unmix_handle* handle, const char* name, double* va
         else if (key == "spectra_t0") *value = c.spectra_t0;
         else if (key == "spectra_eta") *value = c.spectra_eta;
         else if (key == "refine_spectra") *value = c.refine_spectra ? 1.0 : 0.0;
+        else if (key == "spectra_dc_weight") *value = c.spectra_dc_weight;
+        else if (key == "initial_endmembers") *value = c.initial_from_model ? 1.0 : 0.0;
         else if (key == "seed") *value = static_cast<double>(c.seed);
         else throw unmix::UsageError("unknown inference setting '" + key + "'");
     });

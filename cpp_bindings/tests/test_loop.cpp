@@ -86,6 +86,7 @@ PipelineConfig config(int tile, int overlap) {
     c.t0 = 100;
     c.spectra_steps = 4;
     c.spectra_t0 = 50;
+    c.refine_spectra = true;  // exercise both loops (the default runs the 2D loop only)
     return c;
 }
 

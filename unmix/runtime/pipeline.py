@@ -451,7 +451,10 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
     rmse = None
     for round_index in range(cfg.rounds):
         if round_index > 0 and not cfg.refine_spectra:
-            E = endmembers_from_abundances(AtA, AtY)
+            update = endmembers_from_abundances(AtA, AtY)
+            # An endmember no pixel uses gets a zero spectrum from NNLS: keep its previous one.
+            unused = update.max(axis=1) <= _MIN_SCALE
+            E = np.where(unused[:, None], E, update)
         if cfg.refine_spectra:
             t = time.perf_counter()
             E = _refine_spectra(calls, E, AtA, AtY, count, schedule, cfg, round_index, spectra_tick)
