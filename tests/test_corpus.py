@@ -429,8 +429,6 @@ def test_unmix_eval_on_corpus_truth(bundle, tmp_path, case):
                           env=cli_env(), timeout=120, cwd=tmp_path)
     assert_clean_failure(done.stderr, "unmix-eval")
     assert not (tmp_path / MARKER).exists()
-    if done.returncode == 70 and case["name"] in ("truth_pickle", "truth_garbage"):
-        pytest.xfail("unmix/runtime/cli.py _read_truth does not yet turn np.load's refusal into an InputError")
     assert done.returncode == case["exit"], done.stderr
     assert case["match"] in done.stderr
 

@@ -227,3 +227,24 @@ def test_readme_example_runs_as_written(exported, tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["result"].abundances.shape == (40, 36, 3)
+
+
+def test_two_cubes_with_one_bundle_name_are_refused_before_any_work(tmp_path):
+    """a/scene.hdr and b/scene.hdr would both write OUT/scene: exit 2 naming both, nothing written."""
+    import subprocess
+    import sys
+
+    from unmix.io.envi import write_cube
+
+    cube = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_cube(tmp_path / folder / "scene.hdr", cube)
+    model = tmp_path / "model"
+    model.mkdir()
+    done = subprocess.run([sys.executable, "-m", "unmix.runtime.cli", str(tmp_path / "a" / "scene.hdr"),
+                           str(tmp_path / "b" / "scene.hdr"), "--model", str(model), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "would both write" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()

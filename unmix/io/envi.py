@@ -606,6 +606,14 @@ def _stem(header_path: Path) -> str:
     return base.name
 
 
+def cube_name(path: str | os.PathLike) -> str:
+    """The name :func:`read_cube` gives the cube at ``path`` (a header or a data file), without opening it."""
+    path = Path(path)
+    if path.suffix.lower() == ".hdr":
+        return _stem(path)
+    return path.with_suffix("").name if path.suffix.lower() in _DATA_EXTENSIONS else path.name
+
+
 def _good_bands(header: EnviHeader) -> np.ndarray | None:
     """Indices of the channels with bbl = 1, or None when every channel is kept."""
     if header.bbl is None or header.bbl.all():

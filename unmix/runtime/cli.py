@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,14 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, r
         _import_ray()     # a missing extra is refused before anything else
         if not ray_address.strip():
             raise UsageError("--ray needs an address: 'local', 'auto', host:port or ray://host:port")
+    from unmix.io.envi import cube_name
+
+    seen: dict[str, str] = {}
+    for cube in cubes:
+        name = cube_name(cube)
+        if name in seen and Path(seen[name]).resolve() != Path(cube).resolve():
+            raise UsageError(f"{cube} and {seen[name]} would both write {Path(out) / name}; rename one of them")
+        seen.setdefault(name, cube)
     load_manifest(model)  # refuse a bad model folder once, before any cube
     backend = backend or _default_backend()
     overrides = {"steps": steps, "samples": samples, "eta": eta, "seed": seed}
@@ -295,11 +304,19 @@ def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if path.suffix == ".npz":
         if not path.is_file():
             raise MissingInputError(f"{path}: truth file not found")
-        with np.load(path) as data:
-            for key in ("A", "E"):
-                if key not in data:
-                    raise InputError(f"{path}: key {key!r}: expected an array ({'(H, W, p)' if key == 'A' else '(p, B)'})")
-            return data["A"], data["E"], None
+        try:
+            with np.load(path) as data:        # allow_pickle stays False: objects are never unpickled
+                for key in ("A", "E"):
+                    if key not in data:
+                        raise InputError(f"{path}: key {key!r}: expected an array "
+                                         f"({'(H, W, p)' if key == 'A' else '(p, B)'})")
+                return np.asarray(data["A"]), np.asarray(data["E"]), None
+        except InputError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{path}: not a readable .npz of arrays ({first}); pickled objects are never "
+                             "loaded") from None
     from unmix.io.benchmarks import load_benchmark
 
     scene = load_benchmark(truth)
