@@ -6,14 +6,17 @@
 One checkpoint per training variant (the base one is the one ``accuracy.py`` trains for seed 0, in the
 same cache, ``runs/benchmarks/<preset>``); every inference variant runs on it:
 
-- K ∈ {1, 2, 5, 10, 25, 50} 2D DDIM steps (t0 fixed), and the same with the 1D loop also at K steps;
-- data consistency off (``dc_weight = 0``: it is one setting for the 1D and the 2D steps);
-- the 1D refinement off (``refine_spectra = False``: E is the NNLS E0 of pass 1);
-- both off (the two priors alone, projected);
-- E0 = the endmembers learnt with HybridSTU instead of the NNLS estimate; two rounds;
+- K ∈ {1, 2, 5, 10, 25, 50} 2D DDIM steps (t0 fixed), and the same with the 1D loop on, also at K steps;
+- data consistency off (``dc_weight = 0``) and at other weights (3, 300);
+- the 1D refinement of E on (``refine_spectra = True``; off by default), with and without its own data
+  consistency (``spectra_dc_weight``);
+- E0 = the NNLS estimate from pass 1's statistics instead of the learnt endmembers; two rounds;
 - HybridSTU alone (the ``fit`` abundances and learnt endmembers), and pass 1 with its NNLS E0;
-- the library prior left out at training (``library = 'none'``, a second checkpoint). Scenes without
-  wavelengths (Sim1) never use the library, so there the variant equals the base and is not trained.
+- the library prior left out at training (``library = 'none'``, a second checkpoint; it only acts
+  through the 1D refinement, so both are compared with it on). Scenes without wavelengths (Sim1) never
+  use the library, so there the variant equals the base and is not trained.
+
+Every pipeline run starts, as ``unmix-run`` does, from the model's (learnt) endmembers.
 
 Writes ``results/ablations.json``, ``results/ablations.md`` and ``results/ablations.png`` (accuracy and time
 against K). Metric conventions as in ``accuracy.py`` (Hungarian alignment on abundances; SAD mean in
@@ -56,11 +59,10 @@ def ablate_dataset(key: str, ks: list[int], preset: str, seed: int, reuse: bool,
     networks, schedule, inference = accuracy.load_networks(trained, device)
 
     def pipeline(**overrides) -> dict:
-        config = PipelineConfig.from_dict(inference, seed=seed, **{k: v for k, v in overrides.items()
-                                                                   if k != "endmembers"})
+        config = PipelineConfig.from_dict(inference, seed=seed, **overrides)
         # The run is deterministic (eta = 0 unless overridden, seeded noise otherwise): repeats only
         # steady the times on a shared machine, each stage's minimum is reported.
-        results = [run_pipeline(scene, networks, schedule, config, endmembers=overrides.get("endmembers"))
+        results = [run_pipeline(scene, networks, schedule, config, endmembers=trained.endmembers)
                    for _ in range(max(1, repeats))]
         result = results[0]
         report = accuracy._score(result.abundances, result.endmembers, scene, cube)
@@ -81,14 +83,16 @@ def ablate_dataset(key: str, ks: list[int], preset: str, seed: int, reuse: bool,
     default_k = int(inference["steps"])
     rows[f"pipeline default (K={default_k})"] = pipeline()
     rows["no data consistency (dc_weight 0)"] = pipeline(dc_weight=0.0)
-    rows["no 1D refinement (E = NNLS E0)"] = pipeline(refine_spectra=False)
-    rows["no DC, no 1D refinement"] = pipeline(dc_weight=0.0, refine_spectra=False)
-    rows["E0 = learnt E (not NNLS)"] = pipeline(endmembers=trained.endmembers)
+    rows["dc_weight 3"] = pipeline(dc_weight=3.0)
+    rows["dc_weight 300"] = pipeline(dc_weight=300.0)
+    rows["+ 1D refinement of E"] = pipeline(refine_spectra=True)
+    rows["+ 1D refinement, no 1D data consistency"] = pipeline(refine_spectra=True, spectra_dc_weight=0.0)
+    rows["E0 = NNLS E0 (not the learnt E)"] = pipeline(initial_endmembers="statistics")
     rows["2 rounds"] = pipeline(rounds=2)
     log(f"{key}: variants done")
 
     sweep = {str(k): pipeline(steps=k) for k in ks}
-    sweep_both = {str(k): pipeline(steps=k, spectra_steps=k) for k in ks}
+    sweep_both = {str(k): pipeline(steps=k, spectra_steps=k, refine_spectra=True) for k in ks}
     log(f"{key}: K sweep done")
 
     library = {"trained": False}
@@ -98,9 +102,9 @@ def ablate_dataset(key: str, ks: list[int], preset: str, seed: int, reuse: bool,
         no_library = accuracy.train(key, scene, preset, seed, overrides={"library": "none"}, variant="nolibrary",
                                     reuse=reuse, device=device, log=log)
         nets, sched, settings = accuracy.load_networks(no_library, device)
-        config = PipelineConfig.from_dict(settings, seed=seed)
-        result = run_pipeline(scene, nets, sched, config)
-        rows["no library prior (library = none at training)"] = _row(
+        config = PipelineConfig.from_dict(settings, seed=seed, refine_spectra=True)
+        result = run_pipeline(scene, nets, sched, config, endmembers=no_library.endmembers)
+        rows["+ 1D refinement, no library prior (library = none at training)"] = _row(
             accuracy._score(result.abundances, result.endmembers, scene, cube), result.timings["total_s"])
         rows["no library prior, HybridSTU alone"] = _row(
             accuracy._score(no_library.abundances, no_library.endmembers, scene, cube), None)
@@ -125,8 +129,8 @@ def markdown(results: dict) -> str:
                          f"{row['reconstruction_rmse']:.4f} | {seconds} |")
         if not entry["library_variant"]["trained"]:
             lines.append(f"| no library prior | ({entry['library_variant']['note']}) | | | |")
-        lines += ["", "| K (2D steps) | SAD ° | aRMSE | 2D refine s | total s | SAD ° (1D also K) | aRMSE (1D also K) "
-                      "| total s (1D also K) |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| K (2D steps) | SAD ° | aRMSE | 2D refine s | total s | SAD ° (1D on, also K) | aRMSE (1D on, also K) "
+                      "| total s (1D on, also K) |", "|---|---|---|---|---|---|---|---|"]
         for k, row in entry["k_sweep"].items():
             both = entry["k_sweep_both_loops"][k]
             mark = " †" if row["zero_spectra"] else ""
@@ -154,7 +158,7 @@ def plot(results: dict, path: Path) -> None:
     for entry in results["datasets"].values():
         ks = [int(k) for k in entry["k_sweep"]]
         for series, style in (("k_sweep", "-o"), ("k_sweep_both_loops", "--s")):
-            suffix = "" if series == "k_sweep" else " (1D also K)"
+            suffix = "" if series == "k_sweep" else " (1D on, also K)"
             rows = [entry[series][str(k)] for k in ks]
             line, = axes[0].plot(ks, [r["abundance_rmse"] for r in rows], style, label=entry["label"] + suffix)
             axes[1].plot(ks, [r["sad_degrees"] for r in rows], style, color=line.get_color(),

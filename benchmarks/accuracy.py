@@ -11,13 +11,14 @@ Methods:
 - **HybridSTU**: ``unmix.train.fit`` with the ``--preset`` (default ``default``: a fixed budget of
   training steps, the same for every dataset), its abundances and learnt endmembers on the scene.
 - **HybridSTU+diffusion** (ours): :func:`unmix.runtime.pipeline.run_pipeline` over the same checkpoint's
-  eager networks with the inference settings the checkpoint records.
+  eager networks with the inference settings the checkpoint records, started (as ``unmix-run`` is, from
+  the manifest) from the endmembers learnt with HybridSTU.
 
 Both learnt methods are trained once per dataset per seed (seed = training seed = pipeline seed). Samson
 is trained once and scored against both of its ground truths. Each run also records diagnostics that
-separate the stages: the SAD of the VCA initialisation, of the learnt E, of the NNLS E0 the pipeline
-computes from HybridSTU's abundances, and of E after the 1D refinement, each with the abundance RMSE of
-FCLS for that E; and the pipeline with the 2D refinement alone (``refine_spectra`` off).
+separate the stages: the SAD of the VCA initialisation, of the learnt E, of the NNLS E0 computed from
+HybridSTU's abundances, and of E after the (optional) 1D refinement, each with the abundance RMSE of
+FCLS for that E; and the pipeline started from the NNLS E0, and with the 1D refinement switched on.
 
 Uncertainty check (simulated scenes: Sim1 and the earthlib scenes): the pipeline with ``eta > 0`` and
 S samples; Spearman correlation between the per-pixel uncertainty and the per-pixel abundance error
@@ -354,7 +355,8 @@ def evaluate_checkpoint(key: str, scene, trained: Trained, seed: int, device: st
     start = time.perf_counter()
     tiled_a0 = predict_abundances(scene, networks["hybridstu"], overlap=config.overlap)
     cnn_inference_s = time.perf_counter() - start
-    result = run_pipeline(scene, networks, schedule, config)
+    # As unmix-run does: the model's endmembers (the manifest's, learnt with HybridSTU) start the pipeline.
+    result = run_pipeline(scene, networks, schedule, config, endmembers=trained.endmembers)
 
     reports = {
         "HybridSTU": _score(trained.abundances, trained.endmembers, scene, cube),
@@ -368,19 +370,20 @@ def evaluate_checkpoint(key: str, scene, trained: Trained, seed: int, device: st
     a0, y = tiled_a0[valid].astype(np.float64), cube[valid].astype(np.float64)
     nnls_e = endmembers_from_abundances(a0.T @ a0, a0.T @ y)
     initial_e = np.asarray(trained.summary["endmembers"]["initial"], dtype=np.float64)
-    two_d_only = run_pipeline(scene, networks, schedule, PipelineConfig.from_dict(inference, seed=seed,
-                                                                                  refine_spectra=False))
-    learnt_start = run_pipeline(scene, networks, schedule, config, endmembers=trained.endmembers)
+    statistics_start = run_pipeline(scene, networks, schedule, PipelineConfig.from_dict(
+        inference, seed=seed, initial_endmembers="statistics"), endmembers=trained.endmembers)
+    with_1d = run_pipeline(scene, networks, schedule, PipelineConfig.from_dict(inference, seed=seed, refine_spectra=True),
+                           endmembers=trained.endmembers)
     diagnostics = {
         "vca_init (FCLS)": _fcls_brief(cube, initial_e, scene),
         "learnt E (FCLS)": _fcls_brief(cube, trained.endmembers, scene),
         "HybridSTU A, learnt E (fit)": _brief(reports["HybridSTU"]),
         "HybridSTU A tiled, NNLS E0 (pass 1)": _brief(_score(tiled_a0, nnls_e, scene, cube)),
         "NNLS E0 (FCLS)": _fcls_brief(cube, nnls_e, scene),
-        "E after 1D refinement (FCLS)": _fcls_brief(cube, result.endmembers, scene),
-        "pipeline (default)": _brief(reports["HybridSTU+diffusion"]),
-        "pipeline, 2D only (E = NNLS E0)": _brief(_score(two_d_only.abundances, two_d_only.endmembers, scene, cube)),
-        "pipeline, E0 = learnt E": _brief(_score(learnt_start.abundances, learnt_start.endmembers, scene, cube)),
+        "pipeline (default: E = learnt E, 2D refinement)": _brief(reports["HybridSTU+diffusion"]),
+        "pipeline, E0 = NNLS E0": _brief(_score(statistics_start.abundances, statistics_start.endmembers, scene, cube)),
+        "pipeline + 1D refinement of E": _brief(_score(with_1d.abundances, with_1d.endmembers, scene, cube)),
+        "E after 1D refinement (FCLS)": _fcls_brief(cube, with_1d.endmembers, scene),
     }
     out = {"seed": seed, "checkpoint": str(trained.checkpoint.relative_to(ROOT)), "cached": trained.cached,
            "library": trained.summary.get("library", {}).get("note"),
@@ -393,15 +396,16 @@ def evaluate_checkpoint(key: str, scene, trained: Trained, seed: int, device: st
             "VCA init": _score(fcls(cube, initial_e), initial_e, alternate),
         }
     if uncertainty:
-        out["uncertainty"] = [uncertainty_check(scene, networks, schedule, inference, seed, eta, UNCERTAINTY_SAMPLES)
-                              for eta in UNCERTAINTY_ETAS]
+        out["uncertainty"] = [uncertainty_check(scene, networks, schedule, inference, seed, eta, UNCERTAINTY_SAMPLES,
+                                                trained.endmembers) for eta in UNCERTAINTY_ETAS]
         for row in out["uncertainty"]:
             log(f"  uncertainty eta={row['eta']}: spearman {row['spearman']:.3f}, "
                 f"coverage(2σ) {row['coverage_2sigma']:.3f}")
     return out
 
 
-def uncertainty_check(scene, networks, schedule, inference: dict, seed: int, eta: float, samples: int) -> dict:
+def uncertainty_check(scene, networks, schedule, inference: dict, seed: int, eta: float, samples: int,
+                      endmembers=None) -> dict:
     """Stochastic DDIM (``eta``) over ``samples`` samples against the exact truth.
 
     Per-pixel error = RMSE over endmembers of (mean abundances - truth) after Hungarian alignment.
@@ -413,7 +417,7 @@ def uncertainty_check(scene, networks, schedule, inference: dict, seed: int, eta
     from unmix.runtime.pipeline import PipelineConfig, run_pipeline
 
     config = PipelineConfig.from_dict(inference, seed=seed, eta=eta, samples=samples)
-    result = run_pipeline(scene, networks, schedule, config)
+    result = run_pipeline(scene, networks, schedule, config, endmembers=endmembers)
     p = scene.endmembers.shape[0]
     truth = np.asarray(scene.abundances, dtype=np.float64).reshape(-1, p)
     mean = result.abundances.astype(np.float64).reshape(-1, p)
@@ -549,8 +553,10 @@ def accuracy_markdown(results: dict) -> str:
         f"Ours: trained per dataset and seed with the `{training['preset']}` preset (a fixed budget: "
         f"{training['budget']}), seeds 0..{n_seeds - 1} (mean ± std over seeds); inference with the "
         f"checkpoint's settings ({training['inference']}). HybridSTU = the CNN's abundances with the "
-        "endmembers learnt beside it; HybridSTU+diffusion = the full two-pass pipeline (NNLS E0 from the "
-        "CNN's abundances, 1D prior refinement, 2D refinement with data consistency). "
+        "endmembers learnt beside it; HybridSTU+diffusion = the two-pass pipeline at its defaults (E = the "
+        "learnt endmembers, as unmix-run reads them from the manifest; HybridSTU's abundances noised to t0 "
+        "and refined by the 2D DDIM loop with proximal data consistency and the simplex projection; the 1D "
+        "refinement of E is off by default, see the diagnostics). "
         "Train s for HybridSTU counts initialisation and the CNN stage only; inference s is the "
         f"whole scene on {results['machine']['torch_threads']} CPU threads (shared machine: timings are noisy). "
         "Samson's SAD/aRMSE use the MiSiCNet ground truth; its Zhu-GT column is SAD of the same run. "

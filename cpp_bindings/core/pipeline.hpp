@@ -46,7 +46,7 @@ struct PipelineConfig {
     int rounds = 1;
     int tile = 64;
     int overlap = 16;
-    double dc_weight = 30.0;          // proximal data-consistency weight of the 2D step (0 .. kMaxDcWeight)
+    double dc_weight = 100.0;         // proximal data-consistency weight of the 2D step (0 .. kMaxDcWeight)
     int spectra_steps = 10;
     int spectra_t0 = 200;
     double spectra_eta = 0.0;

@@ -79,7 +79,7 @@ private:
     std::vector<double> sample_sum_, spread_mean_, spread_m2_;
     float t_value_[1] = {0.0f};
     float coef_[kTableColumns] = {};
-    float dc_ = 30.0f;
+    float dc_ = 100.0f;
     float spectra_dc_ = 1.0f;
     std::vector<float> s_x_a_, s_x_b_, s_noise_, s_AtA_, s_AtY_, s_scale_, s_t_;
     std::vector<TensorView> h_in_, h_out_, a_in_, a_out_, s_in_, s_out_;

@@ -112,7 +112,7 @@ class PipelineConfig:
     rounds: int = 1
     tile: int = 64
     overlap: int = 16
-    dc_weight: float = 30.0
+    dc_weight: float = 100.0
     spectra_steps: int = 10
     spectra_t0: int = 200
     spectra_eta: float = 0.0

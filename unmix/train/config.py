@@ -31,6 +31,7 @@ class CNNConfig:
     synthetic_weight: float = 1.0
     sam_weight: float = 1.0
     mse_weight: float = 10.0
+    purity_weight: float = 0.0  # weight of the mean abundance entropy on the scene (pulls E toward the data)
     variability: float = 0.05  # relative per-pixel scaling of endmembers in synthetic mixtures
     reduced_bands: int = 32
     width: int = 16

@@ -364,6 +364,11 @@ def _train_cnn(model: HybridSTU, endmembers: torch.Tensor, cube_t: torch.Tensor,
             loss = loss + c.mse_weight * (((recon - crops) ** 2) * valid).sum() / (valid.sum() * crops.shape[1])
             if c.synthetic_weight > 0:
                 loss = loss + c.synthetic_weight * c.mse_weight * torch.mean((predicted[len(crops):] - labels) ** 2)
+            if c.purity_weight > 0:
+                # Mean per-pixel entropy of the scene's abundances: low when pixels are pure. With the
+                # reconstruction terms it pulls the endmembers in toward the data (a soft minimum volume).
+                fractions = real.permute(0, 2, 3, 1)[masks].clamp_min(1e-8)
+                loss = loss + c.purity_weight * -(fractions * fractions.log()).sum(dim=-1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if ddp.world > 1:
