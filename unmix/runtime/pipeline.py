@@ -238,12 +238,14 @@ def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | N
         mask[rows, cols] = valid
         a = abundances[rows, cols][valid].astype(np.float64)
         y = cube[valid].astype(np.float64)
+        # (y^T a)^T, not a^T y: the same numbers, but BLAS takes this layout much faster for an (N, p)
+        # by (N, B) product (65k-pixel block, 2 threads: 37 vs 23 ms idle, 2.2 s vs 51 ms under load).
         AtA += a.T @ a
-        AtY += a.T @ y
+        AtY += (y.T @ a).T
         count += len(a)
         if E is not None:
             block = np.full(valid.shape, np.nan, dtype=np.float32)
-            block[valid] = np.sqrt(np.mean((y - a @ E) ** 2, axis=-1))
+            block[valid] = np.sqrt(np.mean((y - np.einsum("np,pb->nb", a, E)) ** 2, axis=-1))
             rmse[rows, cols] = block
     if count == 0:
         raise InputError(f"{scene.source or scene.name}: no pixel is finite in every band; nothing to unmix")
