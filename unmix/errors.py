@@ -48,6 +48,12 @@ class WriteError(OutputError):
 _WRITE_ERRNOS = {"ENOSPC", "EFBIG", "EIO", "EDQUOT"}
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name: for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def output_error(path: str | PathLike, action: str, exc: OSError) -> OutputError:
     """The typed error for an OSError met while writing ``path``: ``<path>: cannot <action> (<reason>)``.
 

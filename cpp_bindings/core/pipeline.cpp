@@ -330,10 +330,8 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
             // An endmember no pixel uses gets a zero spectrum from NNLS: keep its previous one.
             const std::vector<double> update = nnls_endmembers(st.AtA, st.AtY, p, B);
             for (int k = 0; k < p; ++k) {
-                double m = update[static_cast<size_t>(k) * B];
-                for (int b = 1; b < B; ++b) m = std::max(m, update[static_cast<size_t>(k) * B + b]);
-                if (m > 1e-6) std::copy(update.begin() + static_cast<long>(k) * B, update.begin() + static_cast<long>(k + 1) * B,
-                                        E.begin() + static_cast<long>(k) * B);
+                const auto row = update.begin() + static_cast<long>(k) * B;
+                if (*std::max_element(row, row + B) > kMinSpectraScale) std::copy(row, row + B, E.begin() + (row - update.begin()));
             }
         }
         if (cfg.refine_spectra) steps.refine_spectra(E, st.AtA, st.AtY, st.count, round);

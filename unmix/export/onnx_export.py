@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unmix.errors import OutputError, UnmixError, UsageError
+from unmix.errors import OutputError, UnmixError, UsageError, first_line
 from unmix.runtime.manifest import MANIFEST_NAME, file_sha256
 from unmix.runtime.network import NETWORK_NAMES, NetworkSpec, TensorSpec, pipeline_specs
 
@@ -350,8 +350,8 @@ def _write_graph(module: nn.Module, contract: ExportContract, target: Path, labe
         raise
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportCheckError(f"{label}: the {contract.name} network did not export to ONNX ({first})") from exc
+        raise ExportCheckError(f"{label}: the {contract.name} network did not export to ONNX "
+                               f"({first_line(exc)})") from exc
     return {"slimmed": slimmed, "nodes": {"exported": before, "final": len(model.graph.node)}}
 
 

@@ -149,12 +149,17 @@ def publish_modes(folder: Path) -> None:
             os.chmod(entry, 0o666 & ~mask)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush one file's data to disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
 def fsync_tree(folder: Path) -> None:
     """Flush every file of ``folder`` and the folder itself to disk (before it is renamed into place)."""
     for entry in folder.iterdir():
         if entry.is_file():
-            with open(entry, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(entry)
     fsync_dir(folder)
 
 

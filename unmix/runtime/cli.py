@@ -23,7 +23,7 @@ import click
 import numpy as np
 
 from unmix import __version__
-from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, report_errors
+from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, first_line, report_errors
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -126,8 +126,7 @@ def _import_ray():
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return first_line(exc)[:300]
 
 
 def _check_reachable(option: str, address: str, timeout: float = 5.0) -> None:
@@ -314,8 +313,7 @@ def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         except InputError:
             raise
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"{path}: not a readable .npz of arrays ({first}); pickled objects are never "
+            raise InputError(f"{path}: not a readable .npz of arrays ({first_line(exc)}); pickled objects are never "
                              "loaded") from None
     from unmix.io.benchmarks import load_benchmark
 

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError, output_error
+from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError, first_line, output_error
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_NAME", "load_checkpoint", "save_checkpoint"]
 
@@ -49,24 +49,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_weights(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -177,7 +159,7 @@ def save_checkpoint(out_dir: str | os.PathLike, models: Mapping[str, nn.Module],
 
 def _save_locked(out_dir: Path, parent: Path, table: dict[str, Any], document: dict[str, Any],
                  models: Mapping[str, nn.Module], ema: Mapping[str, Any] | None) -> Path:
-    from unmix.runtime.bundle import publish_modes
+    from unmix.runtime.bundle import fsync_dir, fsync_tree, publish_modes
 
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
@@ -201,9 +183,7 @@ def _save_locked(out_dir: Path, parent: Path, table: dict[str, Any], document: d
         with open(tmp / CONFIG_NAME, "w") as handle:
             handle.write(text + "\n")
         publish_modes(tmp)
-        for entry in tmp.iterdir():
-            _fsync_file(entry)
-        _fsync_dir(tmp)
+        fsync_tree(tmp)
 
         if out_dir.exists():
             for entry in out_dir.iterdir():
@@ -213,7 +193,7 @@ def _save_locked(out_dir: Path, parent: Path, table: dict[str, Any], document: d
             aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
             os.rename(out_dir, aside / "checkpoint")
         os.rename(tmp, out_dir)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException as exc:
         # Put everything back as it was: the old checkpoint in place, its hidden entries in it.
         if aside is not None and (aside / "checkpoint").exists() and not out_dir.exists():
@@ -242,8 +222,7 @@ def _read_weights(path: Path, expected_sha256: str | None) -> dict[str, torch.Te
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers and data
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable safetensors file ({reason})") from None
+        raise InputError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
 
 
 def load_checkpoint(checkpoint_dir: str | os.PathLike, ema: bool = False,
@@ -293,8 +272,7 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike, ema: bool = False,
         try:
             model = cls(**entry["args"])
         except Exception as exc:  # noqa: BLE001 - TypeError, ValueError, torch's RuntimeError...: bad arguments
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"{where}: cannot rebuild {cls.__name__} from its arguments ({reason})") from None
+            raise InputError(f"{where}: cannot rebuild {cls.__name__} from its arguments ({first_line(exc)})") from None
         use_ema = ema and isinstance(entry.get("ema_file"), str) and Path(entry["ema_file"]).name == entry["ema_file"]
         weights_file = entry["ema_file"] if use_ema else file
         checksum = entry.get("ema_sha256" if use_ema else "sha256")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unmix.errors import InputError, MissingInputError, UsageError
+from unmix.runtime.pipeline import PipelineConfig
 
 
 @dataclass
@@ -61,14 +62,15 @@ class ScheduleConfig:
 
 @dataclass
 class InferenceConfig:
-    """Recorded with the checkpoint; the runtime uses it unless told otherwise."""
+    """Recorded with the checkpoint; the runtime uses it unless told otherwise. The defaults are the
+    pipeline's own (:class:`unmix.runtime.pipeline.PipelineConfig`)."""
 
-    steps: int = 10      # DDIM steps K
-    t0: int = 100        # abundance refinement starts from A0 noised to this level
-    eta: float = 0.0
-    samples: int = 1
-    rounds: int = 1
-    tile: int = 64
+    steps: int = PipelineConfig.steps    # DDIM steps K
+    t0: int = PipelineConfig.t0          # abundance refinement starts from A0 noised to this level
+    eta: float = PipelineConfig.eta
+    samples: int = PipelineConfig.samples
+    rounds: int = PipelineConfig.rounds
+    tile: int = PipelineConfig.tile
 
 
 @dataclass

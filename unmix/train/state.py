@@ -23,7 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unmix.errors import InputError, UnmixError, WriteError, output_error
+from unmix.errors import InputError, UnmixError, WriteError, first_line, output_error
+from unmix.runtime.bundle import fsync_file
 
 _FORMAT = "unmix-train-state/1"
 
@@ -39,11 +40,6 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 class TrainState:
@@ -100,7 +96,7 @@ class TrainState:
                 save_file(tensors, str(tmp))
             except SafetensorError as exc:  # its I/O errors arrive as SafetensorError, not OSError
                 raise WriteError(f"{tmp}: cannot write the training state ({exc})") from None
-            _fsync(tmp)
+            fsync_file(tmp)
             os.replace(tmp, weights)
             _write_json_atomic(self.folder / f"{stage}.json", {
                 "format": _FORMAT, "stage": stage, "step": step, "weights": weights.name,
@@ -149,8 +145,7 @@ class TrainState:
         try:
             self._load(tensors, meta, modules, optimizer, extra)
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"{weights}: the training state does not fit this run ({reason}); "
+            raise InputError(f"{weights}: the training state does not fit this run ({first_line(exc)}); "
                              "run without --resume") from None
         return int(meta["step"])
 

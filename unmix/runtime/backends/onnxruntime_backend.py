@@ -28,7 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
-from unmix.errors import InputError, UsageError
+from unmix.errors import InputError, UsageError, first_line
 from unmix.runtime.network import TensorSpec, check_feeds
 
 __all__ = ["OnnxRuntimeNetwork", "open_network"]
@@ -44,11 +44,6 @@ def _import():
     except ImportError:
         raise UsageError(f"the onnxruntime backend is not installed: {_EXTRA}") from None
     return onnxruntime
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Binding:
@@ -154,7 +149,7 @@ def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile: all mean "not a usable graph"
-        raise InputError(f"{path}: not a loadable ONNX graph ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a loadable ONNX graph ({first_line(exc)})") from None
     if device != "cpu" and "CUDAExecutionProvider" not in session.get_providers():
         raise UsageError(f"{path}: onnxruntime could not start the CUDA execution provider "
                          "(check the CUDA and cuDNN libraries onnxruntime-gpu needs)")

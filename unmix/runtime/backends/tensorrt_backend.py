@@ -51,7 +51,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from unmix.errors import InputError, UsageError
+from unmix.errors import InputError, UsageError, first_line
 from unmix.runtime.network import TensorSpec, check_feeds
 
 __all__ = [
@@ -105,20 +105,20 @@ def _missing() -> list[str]:
     except UsageError:
         missing.append("the tensorrt package")
     except Exception as exc:  # a broken install: shared libraries not found, ...
-        missing.append(f"a working tensorrt package ({_first_line(exc)})")
+        missing.append(f"a working tensorrt package ({first_line(exc)})")
     try:
         cudart = import_cudart()
     except UsageError:
         missing.append("cuda-python")
     except Exception as exc:
-        missing.append(f"a working cuda-python ({_first_line(exc)})")
+        missing.append(f"a working cuda-python ({first_line(exc)})")
     else:
         try:
             err, count = cudart.cudaGetDeviceCount()
             if _code(err) != 0 or count < 1:
                 missing.append(f"a visible NVIDIA GPU (cudaGetDeviceCount: {_error_name(cudart, err)}, {count})")
         except Exception as exc:
-            missing.append(f"a visible NVIDIA GPU ({_first_line(exc)})")
+            missing.append(f"a visible NVIDIA GPU ({first_line(exc)})")
     return missing
 
 
@@ -135,11 +135,6 @@ def require():
         raise UsageError(f"the tensorrt backend needs TensorRT, cuda-python and an NVIDIA GPU; this machine lacks "
                          f"{', '.join(missing)} ({INSTALL})")
     return _import_tensorrt(), import_cudart()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _code(err) -> int:
