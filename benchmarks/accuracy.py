@@ -52,6 +52,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.readme import update_readme  # noqa: E402
 
 from unmix.io.benchmarks import load_benchmark  # noqa: E402
 from unmix.io.libraries import load_earthlib  # noqa: E402
@@ -207,18 +208,6 @@ def markdown(results: dict) -> str:
                  "aRMSE over all pixels and endmembers (fraction); PSNR peak 1.0. "
                  "Made by `python benchmarks/accuracy.py`.")
     return "\n".join(lines)
-
-
-def update_readme(table: str, marker: str = "baselines") -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    if start not in text or end not in text:
-        print(f"README.md has no {start} ... {end} block; table not inserted", file=sys.stderr)
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -705,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"baselines{suffix}.md").write_text(table + "\n")
     writes_readme = not args.quick and not args.no_readme and args.datasets is None
     if writes_readme:
-        update_readme(table)
+        update_readme(table, marker="baselines")
     if args.baselines_only:
         print(table)
         return 0

@@ -210,6 +210,37 @@ def test_tile_layout_and_blending():
     np.testing.assert_array_equal(padded[..., 0], [[0, 1, 2, 2], [3, 4, 5, 5], [3, 4, 5, 5], [3, 4, 5, 5]])
 
 
+def test_blender_streams_final_rows_in_order_and_holds_one_band():
+    rng = np.random.default_rng(1)
+    height, width, tile, overlap = 37, 23, 8, 3
+    grid = tile_grid(height, width, tile, overlap)
+    outputs = {t: rng.random((t.height, t.width, 2)) for t in grid}   # tiles disagree in the overlaps
+    whole = Blender(height, width, 2, tile, overlap)
+    for t in grid:
+        whole.add(t, outputs[t])
+    expected = whole.result()
+    received = []
+    streamed = Blender(height, width, 2, tile, overlap, sink=lambda rows, v: received.append((rows, v.copy())))
+    assert streamed._sum.shape == (tile, width, 2)    # one band of T rows, whatever the height
+    for t in grid:
+        streamed.add(t, outputs[t])
+        # Rows above the tile just added are final and handed over; none at or below it.
+        assert sum(r.stop - r.start for r, _ in received) == t.row0
+    streamed.finish()
+    starts = [r.start for r, _ in received]
+    assert starts == sorted(starts) and received[0][0].start == 0 and received[-1][0].stop == height
+    np.testing.assert_array_equal(np.concatenate([v for _, v in received]), expected)
+    with pytest.raises(ValueError, match="row-major"):
+        streamed.add(grid[0], outputs[grid[0]])
+    with pytest.raises(ValueError, match="sink"):
+        streamed.result()
+    # A gap between tiles is an error, not silent zeros.
+    gappy = Blender(30, 8, 1, 8, 0)
+    gappy.add(grid[0].__class__(0, 0, 8, 8), np.ones((8, 8, 1)))
+    with pytest.raises(ValueError, match="covered by no tile"):
+        gappy.add(grid[0].__class__(20, 0, 8, 8), np.ones((8, 8, 1)))
+
+
 def test_first_pass_alone_is_the_blended_cnn_output():
     scene = make_scene(height=13, width=21)
     nets = analytic_networks(scene.endmembers, scene.bands, 8)

@@ -77,35 +77,110 @@ void shapes(unmix_handle& h) {
                                 std::to_string(h.manifest.endmember_count()));
 }
 
-void defaults(unmix_handle& h) {
-    unmix::PipelineConfig& c = h.config;
-    const unmix::Manifest& m = h.manifest;
-    c.steps = m.steps;
-    c.t0 = m.t0;
-    c.eta = m.eta;
-    c.samples = m.samples;
-    c.rounds = m.rounds;
-    c.tile = m.tile;
-    const unmix::Json& inf = m.inference;
-    if (inf.has("overlap") && inf["overlap"].is_integer()) c.overlap = static_cast<int>(inf["overlap"].as_integer());
-    if (inf.has("dc_weight") && inf["dc_weight"].is_number()) c.dc_weight = inf["dc_weight"].as_number();
-    if (inf.has("spectra_steps") && inf["spectra_steps"].is_integer())
-        c.spectra_steps = static_cast<int>(inf["spectra_steps"].as_integer());
-    if (inf.has("spectra_t0") && inf["spectra_t0"].is_integer()) c.spectra_t0 = static_cast<int>(inf["spectra_t0"].as_integer());
-    if (inf.has("spectra_eta") && inf["spectra_eta"].is_number()) c.spectra_eta = inf["spectra_eta"].as_number();
-    if (inf.has("refine_spectra") && inf["refine_spectra"].is_bool()) c.refine_spectra = inf["refine_spectra"].as_bool();
-    if (inf.has("spectra_dc_weight") && inf["spectra_dc_weight"].is_number())
-        c.spectra_dc_weight = inf["spectra_dc_weight"].as_number();
-    if (inf.has("initial_endmembers") && inf["initial_endmembers"].is_string())
-        c.initial_from_model = inf["initial_endmembers"].as_string() != "statistics";
-    if (inf.has("seed") && inf["seed"].is_integer() && inf["seed"].as_integer() >= 0)
-        c.seed = static_cast<uint64_t>(inf["seed"].as_integer());
+// Every inference setting, once: its name in the C ABI and in the manifest's "inference", how a value
+// is checked, and where it lives in PipelineConfig. defaults(), unmix_set_option and unmix_get_option
+// all go through this table.
+enum class Kind { Integer, Number, Flag, Seed, Model, ReadOnly };
+
+struct Setting {
+    const char* name;
+    Kind kind;
+    int minimum;  // Integer only
+    double (*get)(const unmix::PipelineConfig&);
+    void (*set)(unmix::PipelineConfig&, double);
+};
+
+#define UNMIX_SETTING(NAME, FIELD, KIND, MINIMUM)                                                            \
+    Setting {                                                                                                 \
+        NAME, KIND, MINIMUM, [](const unmix::PipelineConfig& c) { return static_cast<double>(c.FIELD); },  \
+            [](unmix::PipelineConfig& c, double v) { c.FIELD = static_cast<decltype(c.FIELD)>(v); }           \
+    }
+
+const Setting kSettings[] = {
+    UNMIX_SETTING("steps", steps, Kind::Integer, 1),
+    UNMIX_SETTING("t0", t0, Kind::Integer, 0),
+    UNMIX_SETTING("eta", eta, Kind::Number, 0),
+    UNMIX_SETTING("samples", samples, Kind::Integer, 1),
+    UNMIX_SETTING("rounds", rounds, Kind::Integer, 1),
+    UNMIX_SETTING("tile", tile, Kind::ReadOnly, 0),
+    UNMIX_SETTING("overlap", overlap, Kind::Integer, 0),
+    UNMIX_SETTING("dc_weight", dc_weight, Kind::Number, 0),
+    UNMIX_SETTING("spectra_steps", spectra_steps, Kind::Integer, 1),
+    UNMIX_SETTING("spectra_t0", spectra_t0, Kind::Integer, 0),
+    UNMIX_SETTING("spectra_eta", spectra_eta, Kind::Number, 0),
+    UNMIX_SETTING("refine_spectra", refine_spectra, Kind::Flag, 0),
+    UNMIX_SETTING("spectra_dc_weight", spectra_dc_weight, Kind::Number, 0),
+    UNMIX_SETTING("initial_endmembers", initial_from_model, Kind::Model, 0),  // 1 model, 0 statistics
+    UNMIX_SETTING("seed", seed, Kind::Seed, 0),
+};
+
+#undef UNMIX_SETTING
+
+const Setting& find_setting(const char* name) {
+    for (const Setting& s : kSettings)
+        if (std::string(name) == s.name) return s;
+    throw unmix::UsageError(std::string("unknown inference setting '") + name + "'");
 }
 
-int integer_option(const char* name, double value, double minimum) {
-    if (!std::isfinite(value) || value != std::floor(value) || value < minimum || value > 2147483647.0)
-        throw unmix::UsageError(std::string(name) + " must be an integer >= " + std::to_string(static_cast<long>(minimum)));
-    return static_cast<int>(value);
+// A value given through unmix_set_option, checked for its kind (ranges: PipelineConfig::validate).
+double checked(const Setting& s, double value) {
+    switch (s.kind) {
+        case Kind::Integer:
+            if (!std::isfinite(value) || value != std::floor(value) || value < s.minimum || value > 2147483647.0)
+                throw unmix::UsageError(std::string(s.name) + " must be an integer >= " + std::to_string(s.minimum));
+            return value;
+        case Kind::Seed:
+            if (!std::isfinite(value) || value != std::floor(value) || value < 0 || value > 9007199254740992.0)
+                throw unmix::UsageError("seed must be an integer in 0..2^53");
+            return value;
+        case Kind::Flag:
+        case Kind::Model:
+            return value != 0.0 ? 1.0 : 0.0;
+        case Kind::ReadOnly:
+            throw unmix::UsageError(std::string(s.name) + " is fixed by the exported networks and cannot be set");
+        case Kind::Number:
+            break;
+    }
+    return value;
+}
+
+// The manifest's value of a setting, when it has one of the expected JSON type (others are left at
+// the built-in default; load_manifest has already checked the keys it requires).
+bool from_manifest(const Setting& s, const unmix::Json& value, double* out) {
+    switch (s.kind) {
+        case Kind::Integer:
+            if (!value.is_integer()) return false;
+            *out = static_cast<double>(value.as_integer());
+            return true;
+        case Kind::Seed:
+            if (!value.is_integer() || value.as_integer() < 0) return false;
+            *out = static_cast<double>(value.as_integer());
+            return true;
+        case Kind::Number:
+            if (!value.is_number()) return false;
+            *out = value.as_number();
+            return true;
+        case Kind::Flag:
+            if (!value.is_bool()) return false;
+            *out = value.as_bool() ? 1.0 : 0.0;
+            return true;
+        case Kind::Model:
+            if (!value.is_string()) return false;
+            *out = value.as_string() != "statistics" ? 1.0 : 0.0;
+            return true;
+        case Kind::ReadOnly:
+            break;
+    }
+    return false;
+}
+
+void defaults(unmix_handle& h) {
+    h.config.tile = h.manifest.tile;
+    const unmix::Json& inference = h.manifest.inference;
+    for (const Setting& s : kSettings) {
+        double value = 0.0;
+        if (inference.has(s.name) && from_manifest(s, inference[s.name], &value)) s.set(h.config, value);
+    }
 }
 
 unmix_status null_handle(const char* function, const char* what = "handle") {
@@ -164,28 +239,9 @@ unmix_status unmix_set_option(unmix_handle* handle, const char* name, double val
     if (!handle) return null_handle("unmix_set_option");
     return guarded(handle->error, [&] {
         if (!name) throw unmix::UsageError("unmix_set_option: name is NULL");
+        const Setting& setting = find_setting(name);
         unmix::PipelineConfig c = handle->config;
-        const std::string key = name;
-        if (key == "steps") c.steps = integer_option(name, value, 1);
-        else if (key == "t0") c.t0 = integer_option(name, value, 0);
-        else if (key == "eta") c.eta = value;
-        else if (key == "samples") c.samples = integer_option(name, value, 1);
-        else if (key == "rounds") c.rounds = integer_option(name, value, 1);
-        else if (key == "overlap") c.overlap = integer_option(name, value, 0);
-        else if (key == "dc_weight") c.dc_weight = value;
-        else if (key == "spectra_steps") c.spectra_steps = integer_option(name, value, 1);
-        else if (key == "spectra_t0") c.spectra_t0 = integer_option(name, value, 0);
-        else if (key == "spectra_eta") c.spectra_eta = value;
-        else if (key == "refine_spectra") c.refine_spectra = value != 0.0;
-        else if (key == "spectra_dc_weight") c.spectra_dc_weight = value;
-        else if (key == "initial_endmembers") c.initial_from_model = value != 0.0;  // 1 model, 0 statistics
-        else if (key == "seed") {
-            if (!std::isfinite(value) || value != std::floor(value) || value < 0 || value > 9007199254740992.0)
-                throw unmix::UsageError("seed must be an integer in 0..2^53");
-            c.seed = static_cast<uint64_t>(value);
-        } else {
-            throw unmix::UsageError("unknown inference setting '" + key + "'");
-        }
+        setting.set(c, checked(setting, value));
         c.validate();
         handle->config = c;
     });
@@ -195,24 +251,7 @@ unmix_status unmix_get_option(unmix_handle* handle, const char* name, double* va
     if (!handle) return null_handle("unmix_get_option");
     return guarded(handle->error, [&] {
         if (!name || !value) throw unmix::UsageError("unmix_get_option: name or value is NULL");
-        const unmix::PipelineConfig& c = handle->config;
-        const std::string key = name;
-        if (key == "steps") *value = c.steps;
-        else if (key == "t0") *value = c.t0;
-        else if (key == "eta") *value = c.eta;
-        else if (key == "samples") *value = c.samples;
-        else if (key == "rounds") *value = c.rounds;
-        else if (key == "tile") *value = c.tile;
-        else if (key == "overlap") *value = c.overlap;
-        else if (key == "dc_weight") *value = c.dc_weight;
-        else if (key == "spectra_steps") *value = c.spectra_steps;
-        else if (key == "spectra_t0") *value = c.spectra_t0;
-        else if (key == "spectra_eta") *value = c.spectra_eta;
-        else if (key == "refine_spectra") *value = c.refine_spectra ? 1.0 : 0.0;
-        else if (key == "spectra_dc_weight") *value = c.spectra_dc_weight;
-        else if (key == "initial_endmembers") *value = c.initial_from_model ? 1.0 : 0.0;
-        else if (key == "seed") *value = static_cast<double>(c.seed);
-        else throw unmix::UsageError("unknown inference setting '" + key + "'");
+        *value = find_setting(name).get(handle->config);
     });
 }
 

@@ -319,6 +319,24 @@ void test_capi_run_ex_errors(const std::string& dir) {
     double value = -1.0;
     CHECK(unmix_get_option(h, "samples", &value) == UNMIX_OK && value == 1.0);
     CHECK(unmix_get_option(h, "tile", &value) == UNMIX_OK && value == fixture::T);
+    CHECK(unmix_set_option(h, "tile", 32) == UNMIX_ERROR_USAGE);
+    CHECK(std::string(unmix_last_error(h)).find("tile is fixed by the exported networks") != std::string::npos);
+    // Every setting reads back what was set (flags as 0 / 1), on a handle of its own.
+    unmix_handle* h2 = nullptr;
+    CHECK(unmix_open(dir.c_str(), "analytic", 1, &h2) == UNMIX_OK);
+    const struct { const char* name; double set, read; } round_trips[] = {
+        {"steps", 7, 7}, {"t0", 50, 50}, {"eta", 0.25, 0.25}, {"samples", 2, 2}, {"rounds", 2, 2}, {"overlap", 2, 2},
+        {"dc_weight", 30, 30}, {"spectra_steps", 4, 4}, {"spectra_t0", 90, 90}, {"spectra_eta", 0.5, 0.5},
+        {"refine_spectra", 2, 1}, {"spectra_dc_weight", 3, 3}, {"initial_endmembers", 0, 0}, {"seed", 12345, 12345}};
+    for (const auto& r : round_trips) {
+        CHECK_MSG(unmix_set_option(h2, r.name, r.set) == UNMIX_OK, r.name);
+        CHECK_MSG(unmix_get_option(h2, r.name, &value) == UNMIX_OK && value == r.read, r.name);
+    }
+    CHECK(unmix_set_option(h2, "steps", 1.5) == UNMIX_ERROR_USAGE);
+    CHECK(std::string(unmix_last_error(h2)).find("steps must be an integer >= 1") != std::string::npos);
+    CHECK(unmix_get_option(h2, "steps", &value) == UNMIX_OK && value == 7);   // a refused value changes nothing
+    CHECK(unmix_set_option(h2, "seed", -1) == UNMIX_ERROR_USAGE);
+    unmix_close(h2);
     CHECK(unmix_get_option(h, "bogus", &value) == UNMIX_ERROR_USAGE);
     CHECK(std::string(unmix_last_error(h)).find("unknown inference setting 'bogus'") != std::string::npos);
     CHECK(unmix_get_option(h, nullptr, &value) == UNMIX_ERROR_USAGE);

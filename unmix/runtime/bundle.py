@@ -47,12 +47,22 @@ from unmix.io.scene import Scene
 RUN_FORMAT = "unmix-run/1"
 
 
+#: Rows per block when writing maps and summarising them: memory stays flat in the scene's height.
+ROW_BLOCK = 256
+
+
+def _row_blocks(height: int) -> Iterator[slice]:
+    for start in range(0, height, ROW_BLOCK):
+        yield slice(start, min(start + ROW_BLOCK, height))
+
+
 def _write_map(path: Path, array: np.ndarray, scene: Scene, band_names: list[str], description: str) -> None:
     if array.ndim == 2:
         array = array[..., None]
     with CubeWriter(path, array.shape, band_names=band_names, map_info=scene.map_info,
                     coordinate_system=scene.coordinate_system, description=description) as writer:
-        writer.write_tile(slice(0, array.shape[0]), slice(0, array.shape[1]), array)
+        for rows in _row_blocks(array.shape[0]):
+            writer.write_tile(rows, slice(0, array.shape[1]), array[rows])
 
 
 def _endmember_csv(path: Path, endmembers: np.ndarray, names: list[str], wavelengths: np.ndarray | None) -> None:
@@ -184,17 +194,27 @@ def is_bundle(folder: Path) -> bool:
 
 def endmember_stats(abundances: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
     """Per endmember: mean and max abundance, and the fraction of valid pixels where it dominates."""
-    valid = np.isfinite(abundances).all(axis=-1)
-    values = abundances[valid]
-    dominant = np.argmax(values, axis=-1) if len(values) else np.zeros(0, dtype=int)
-    stats = []
-    for k, name in enumerate(names):
-        column = values[:, k] if len(values) else np.zeros(0)
-        stats.append({"name": name,
-                      "mean_abundance": float(column.mean()) if len(column) else None,
-                      "max_abundance": float(column.max()) if len(column) else None,
-                      "dominant_fraction": float(np.mean(dominant == k)) if len(column) else None})
-    return stats
+    p = len(names)
+    total, peak, dominant, count = np.zeros(p), np.full(p, -np.inf), np.zeros(p, dtype=np.int64), 0
+    for rows in _row_blocks(abundances.shape[0]):
+        block = abundances[rows]
+        values = block[np.isfinite(block).all(axis=-1)].astype(np.float64)
+        if not len(values):
+            continue
+        count += len(values)
+        total += values.sum(axis=0)
+        peak = np.maximum(peak, values.max(axis=0))
+        dominant += np.bincount(np.argmax(values, axis=-1), minlength=p)
+    return [{"name": name,
+             "mean_abundance": float(total[k] / count) if count else None,
+             "max_abundance": float(peak[k]) if count else None,
+             "dominant_fraction": float(dominant[k] / count) if count else None}
+            for k, name in enumerate(names)]
+
+
+#: The quicklook shows maps at most this many pixels on a side (strided): a few hundred screen
+#: pixels per panel, and no full-resolution copies of a large scene inside matplotlib.
+QUICKLOOK_MAX_SIDE = 512
 
 
 def quicklook(path: Path, abundances: np.ndarray, endmembers: np.ndarray, names: list[str],
@@ -209,6 +229,8 @@ def quicklook(path: Path, abundances: np.ndarray, endmembers: np.ndarray, names:
         return "quicklook skipped: install the 'plot' extra (pip install 'unmix[plot]') for matplotlib"
     p = len(names)
     columns = p + 2
+    step = max(1, -(-max(rmse.shape) // QUICKLOOK_MAX_SIDE))
+    abundances, rmse = abundances[::step, ::step], rmse[::step, ::step]
     figure, axes = plt.subplots(1, columns, figsize=(2.6 * columns, 2.8), constrained_layout=True)
     for k in range(p):
         image = axes[k].imshow(abundances[..., k], vmin=0, vmax=1, cmap="viridis")

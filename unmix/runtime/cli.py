@@ -94,8 +94,8 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
             result = unmixer.run(scene, progress=bar, **overrides)
         finally:
             bar.close()
-        valid = np.isfinite(result.abundances).all(axis=-1)
-        masked = int(valid.size - valid.sum())
+        pixels = scene.shape[0] * scene.shape[1]
+        masked = pixels - int(result.config["valid_pixels"])
         if masked:
             result.notes.append(f"{masked} pixels with NaN, Inf or ignore values were masked (NaN in the outputs)")
         manifest = unmixer.manifest
@@ -109,7 +109,7 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
             "wall_s": time.perf_counter() - started,
         }
         bundle = write_bundle(out, scene, result, info, plot=plot)
-        return {"cube": str(path), "bundle": str(bundle), "ok": True, "pixels": int(valid.size),
+        return {"cube": str(path), "bundle": str(bundle), "ok": True, "pixels": pixels,
                 "masked_pixels": masked, "seconds": info["wall_s"], "notes": result.notes}
     except UnmixError as exc:
         return {"cube": cube, "ok": False, "error": str(exc), "exit_code": exc.exit_code}

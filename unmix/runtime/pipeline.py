@@ -3,7 +3,8 @@
 Flow (DESIGN.md, "How unmix-run flows")::
 
     pass 1   every tile: HybridSTU -> A0 tile; blended into A0 (H, W, p)
-    stats    A^T A (p, p) and A^T Y (p, B) over the valid pixels (a read of the cube in fixed blocks)
+    stats    A^T A (p, p) and A^T Y (p, B) over the valid pixels (a read of the cube in fixed blocks;
+             only when E0 comes from them or the 1D loop runs)
     E0       the model's endmembers (learnt with HybridSTU, from the manifest) or, with
              ``initial_endmembers="statistics"`` or no model spectra, non-negative least squares from the statistics
     round r = 0..R-1:
@@ -13,7 +14,8 @@ Flow (DESIGN.md, "How unmix-run flows")::
       pass 2   every tile, every sample s < S: x = 2 A - 1 noised to ``t0``, ``steps`` fused 2D DDIM
                steps (proximal data consistency, weight ``dc_weight``, against the tile's Y with E
                fixed; simplex projection);
-               mean (and spread) over the samples, blended into A
+               mean (and spread) over the samples, blended and projected onto the simplex row
+               band by row band, overwriting A in place (the scene's abundances are held once)
       stats    A^T A, A^T Y and the per-pixel RMSE of the blended A; round r + 1 refines E against
                them (without the 1D loop: E = NNLS(statistics of A))
 
@@ -221,6 +223,9 @@ def _channels_first(array: np.ndarray, tile: int) -> np.ndarray:
     return np.ascontiguousarray(pad_to_tile(array, tile).transpose(2, 0, 1)[None], dtype=np.float32)
 
 
+_NOTHING_VALID = "{name}: no pixel is finite in every band; nothing to unmix"
+
+
 def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | None):
     """A^T A (p, p), A^T Y (p, B) float64 sums over valid pixels, their count, the (H, W) validity
     mask, and (with ``endmembers``) the (H, W) float32 per-pixel RMSE (NaN where invalid)."""
@@ -248,7 +253,7 @@ def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | N
             block[valid] = np.sqrt(np.mean((y - np.einsum("np,pb->nb", a, E)) ** 2, axis=-1))
             rmse[rows, cols] = block
     if count == 0:
-        raise InputError(f"{scene.source or scene.name}: no pixel is finite in every band; nothing to unmix")
+        raise InputError(_NOTHING_VALID.format(name=scene.source or scene.name))
     return AtA, AtY, count, mask, rmse
 
 
@@ -270,13 +275,23 @@ def _first_pass(calls: _Calls, scene: Scene, grid: list[Tile], p: int, tile: int
                 progress: Callable[[], None]) -> np.ndarray:
     """Pass 1: HybridSTU over every tile, blended: (H, W, p) float32."""
     H, W, _ = scene.shape
-    blender = Blender(H, W, p, tile, overlap)
+    abundances = np.empty((H, W, p), dtype=np.float32)
+
+    def sink(rows: slice, values: np.ndarray) -> None:
+        abundances[rows] = values
+
+    blender = Blender(H, W, p, tile, overlap, sink=sink)
+    any_valid = False
     for window in grid:
-        cube, _ = _read(scene, window)
+        cube, valid = _read(scene, window)
+        any_valid = any_valid or bool(valid.any())
         out = calls("hybridstu", {"cube": _channels_first(cube, tile)}, "abundances")
         blender.add(window, out[0].transpose(1, 2, 0)[: window.height, : window.width])
         progress()
-    return blender.result().astype(np.float32)
+    blender.finish()
+    if not any_valid:
+        raise InputError(_NOTHING_VALID.format(name=scene.source or scene.name))
+    return abundances
 
 
 def predict_abundances(scene: Scene, network: Network, overlap: int = 16,
@@ -322,9 +337,12 @@ def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY:
 
 def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endmembers: np.ndarray,
                        grid: list[Tile], schedule: Schedule, cfg: PipelineConfig, round_index: int,
-                       progress: Callable[[], None]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Pass 2: the 2D DDIM refinement of every tile, blended. Returns (H, W, p) float64 abundances
-    (not yet projected), the (H, W) float64 uncertainty and the (H, W, p) per-endmember standard
+                       progress: Callable[[], None]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Pass 2: the 2D DDIM refinement of every tile, blended and projected onto the simplex.
+
+    The refined rows overwrite ``abundances`` (H, W, p) float32 in place as soon as no later tile
+    reads them (tiles run in row-major order and each reads only its own rows), so the whole scene
+    is held once. Returns the (H, W) float32 uncertainty and the (H, W, p) per-endmember standard
     deviation (both None for one sample)."""
     H, W, p = abundances.shape
     T, K, S = cfg.tile, cfg.steps, cfg.samples
@@ -332,8 +350,20 @@ def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endm
     table = ddim_coefficients(schedule, timesteps, cfg.eta).as_table()
     E = endmembers.astype(np.float32)
     fixed = {"endmembers": E, "dc_weight": np.array([cfg.dc_weight], dtype=np.float32)}
+    uncertainty = per_endmember = None
+    if S > 1:
+        uncertainty = np.empty((H, W), dtype=np.float32)
+        per_endmember = np.empty((H, W, p), dtype=np.float32)
+
+    def sink(rows: slice, values: np.ndarray) -> None:
+        # float32 first: the blend of equal float32 tile values is exact only after this rounding.
+        abundances[rows] = project_simplex(values[..., :p].astype(np.float32).astype(np.float64), axis=-1)
+        if S > 1:
+            uncertainty[rows] = values[..., p]
+            per_endmember[rows] = values[..., p + 1:]
+
     # Blended channels: p means, then (S > 1) the mean spread and p per-endmember spreads.
-    blender = Blender(H, W, p + (1 + p if S > 1 else 0), T, cfg.overlap)
+    blender = Blender(H, W, p + (1 + p if S > 1 else 0), T, cfg.overlap, sink=sink)
     zeros = np.zeros((1, p, T, T), dtype=np.float32)
     for tile in grid:
         cube, valid = _read(scene, tile)
@@ -368,10 +398,8 @@ def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endm
         # then blends back to exactly that value (tiled = untiled for pixelwise networks).
         blender.add(tile, values.astype(np.float32))
         progress()
-    blended = blender.result()
-    if S == 1:
-        return blended, None, None
-    return blended[..., :p], blended[..., p], blended[..., p + 1:]
+    blender.finish()
+    return uncertainty, per_endmember
 
 
 def _counter(progress: ProgressCallback | None, stage: str, total: int) -> Callable[[], None]:
@@ -439,9 +467,13 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
     abundances = _first_pass(calls, scene, grid, p, T, cfg.overlap, _counter(progress, "cnn", len(grid)))
     timings["cnn_s"] = time.perf_counter() - t
 
+    # A^T A and A^T Y of A0: only for E0 from the statistics and for the 1D loop (a full read of the cube).
     t = time.perf_counter()
-    AtA, AtY, count, mask, _ = _statistics(scene, abundances, None)
     from_model = endmembers is not None and cfg.initial_endmembers == "model"
+    AtA = AtY = None
+    count = 0
+    if not from_model or cfg.refine_spectra:
+        AtA, AtY, count, mask, _ = _statistics(scene, abundances, None)
     E = endmembers if from_model else endmembers_from_abundances(AtA, AtY)
     timings["statistics_s"] = time.perf_counter() - t
     timings["spectra_s"] = 0.0
@@ -463,11 +495,8 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
             timings["spectra_s"] += time.perf_counter() - t
         E = E.astype(np.float32).astype(np.float64)   # the float32 E the step networks see
         t = time.perf_counter()
-        refined, uncertainty, per_endmember = _refine_abundances(calls, scene, abundances, E, grid, schedule, cfg, round_index,
-                                                  refine_tick)
-        # float32 first (the blend of equal float32 tile values is exact only after this rounding).
-        refined = refined.astype(np.float32).astype(np.float64)
-        abundances = project_simplex(refined, axis=-1).astype(np.float32)
+        uncertainty, per_endmember = _refine_abundances(calls, scene, abundances, E, grid, schedule, cfg,
+                                                        round_index, refine_tick)
         timings["refine_s"] += time.perf_counter() - t
         t = time.perf_counter()
         AtA, AtY, count, mask, rmse = _statistics(scene, abundances, E)
@@ -475,9 +504,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
 
     abundances[~mask] = np.nan
     if uncertainty is not None:
-        uncertainty = uncertainty.astype(np.float32)
         uncertainty[~mask] = np.nan
-        per_endmember = per_endmember.astype(np.float32)
         per_endmember[~mask] = np.nan
     for name in calls.seconds:
         timings[f"{name}_s"] = calls.seconds[name]

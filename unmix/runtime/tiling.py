@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -95,27 +96,71 @@ def pad_to_tile(array: np.ndarray, tile: int) -> np.ndarray:
 
 
 class Blender:
-    """Accumulates weighted tile outputs into an ``(H, W, C)`` image.
+    """Accumulates weighted tile outputs, row band by row band, into an ``(H, W, C)`` image.
 
-    ``add(tile, values)`` takes the tile's valid ``(tile.height, tile.width, C)`` values;
-    ``result()`` returns the weighted mean, float64 ``(H, W, C)``. Every pixel must be covered.
+    ``add(tile, values)`` takes the tile's valid ``(tile.height, tile.width, C)`` values; tiles come
+    in the row-major order of :func:`tile_grid`. Only the ``T`` rows that the current row of tiles
+    covers are held (float64 accumulators, ``T x W x C``): when a tile starts lower down, every row
+    above it is final and goes to ``sink(rows, mean)`` as the float64 weighted mean of shape
+    ``(len(rows), W, C)``. ``finish()`` hands over the rest. Without a sink the rows are collected
+    and ``result()`` returns the whole float64 ``(H, W, C)`` image. Memory is then flat in H.
     """
 
-    def __init__(self, height: int, width: int, channels: int, tile: int, overlap: int):
+    def __init__(self, height: int, width: int, channels: int, tile: int, overlap: int,
+                 sink: Callable[[slice, np.ndarray], None] | None = None):
         window = blend_window(tile, overlap)
         self.weights = np.outer(window, window)
-        self.sum = np.zeros((height, width, channels), dtype=np.float64)
-        self.weight_sum = np.zeros((height, width), dtype=np.float64)
+        self.shape = (height, width, channels)
+        self._image = None
+        if sink is None:
+            self._image = np.empty(self.shape, dtype=np.float64)
+            sink = self._collect
+        self._sink = sink
+        band = min(tile, height)
+        self._sum = np.zeros((band, width, channels), dtype=np.float64)
+        self._weight_sum = np.zeros((band, width), dtype=np.float64)
+        self._top = 0         # the first row not yet handed to the sink; the band holds rows top..top+band
+        self._finished = False
+
+    def _collect(self, rows: slice, values: np.ndarray) -> None:
+        self._image[rows] = values
+
+    def _flush(self, stop: int) -> None:
+        """Hand rows ``top .. stop`` to the sink and shift the band up."""
+        count = stop - self._top
+        if count <= 0:
+            return
+        weight = self._weight_sum[:count]
+        if count > len(weight) or not np.all(weight > 0):
+            raise ValueError("some pixels were covered by no tile")
+        self._sink(slice(self._top, stop), self._sum[:count] / weight[..., None])
+        for array in (self._sum, self._weight_sum):
+            array[: len(array) - count] = array[count:]   # numpy copies overlapping views correctly
+            array[len(array) - count:] = 0.0
+        self._top = stop
 
     def add(self, tile: Tile, values: np.ndarray) -> None:
-        expected = (tile.height, tile.width, self.sum.shape[2])
+        expected = (tile.height, tile.width, self.shape[2])
         if values.shape != expected:
             raise ValueError(f"tile values have shape {values.shape}, expected {expected}")
+        if self._finished or tile.row0 < self._top:
+            raise ValueError(f"tile at row {tile.row0} comes after rows up to {self._top} were finished; "
+                             "tiles must come in row-major order")
+        self._flush(tile.row0)
+        local = slice(tile.row0 - self._top, tile.row0 - self._top + tile.height)
         weights = self.weights[: tile.height, : tile.width]
-        self.sum[tile.rows, tile.cols] += weights[..., None] * values
-        self.weight_sum[tile.rows, tile.cols] += weights
+        self._sum[local, tile.cols] += weights[..., None] * values
+        self._weight_sum[local, tile.cols] += weights
+
+    def finish(self) -> None:
+        """Hand every remaining row to the sink (once)."""
+        if not self._finished:
+            self._flush(self.shape[0])
+            self._finished = True
 
     def result(self) -> np.ndarray:
-        if not np.all(self.weight_sum > 0):
-            raise ValueError("some pixels were covered by no tile")
-        return self.sum / self.weight_sum[..., None]
+        """The whole weighted mean, float64 ``(H, W, C)`` (only without a sink)."""
+        if self._image is None:
+            raise ValueError("this Blender hands its rows to a sink; there is no whole image to return")
+        self.finish()
+        return self._image
