@@ -22,6 +22,7 @@ from unmix.physics.simplex import project_simplex
 from unmix.physics.synthetic import synthetic_scene
 from unmix.runtime.network import TensorSpec, call_network, pipeline_specs
 from unmix.runtime.pipeline import PipelineConfig, predict_abundances, run_pipeline
+from unmix.io.diskarray import DiskArray
 from unmix.runtime.tiling import Blender, blend_window, pad_to_tile, tile_grid, tile_starts
 
 SCHEDULE = Schedule(kind="cosine", T=1000)
@@ -389,6 +390,23 @@ def test_cubes_smaller_than_a_tile_are_padded(height, width):
     assert result.abundances.shape == (height, width, 3) and result.uncertainty.shape == (height, width)
     assert_physical(result, 3, scene.bands)
     assert nets["hybridstu"].calls == 1
+
+
+def test_workspace_maps_on_disk_equal_the_in_memory_ones(tmp_path):
+    scene = make_scene()
+    cube = scene.read()
+    cube[2, 3] = np.nan
+    masked = Scene.from_array(cube, name="holes")
+    cfg = PipelineConfig(steps=3, t0=200, eta=0.3, samples=2, rounds=2, tile=8, overlap=3)
+    nets = analytic_networks(scene.endmembers, scene.bands, 8)
+    memory = run_pipeline(masked, nets, SCHEDULE, cfg)
+    disk = run_pipeline(masked, nets, SCHEDULE, cfg, workspace=tmp_path)
+    for name in ("abundances", "rmse", "uncertainty", "uncertainty_per_endmember"):
+        on_disk = getattr(disk, name)
+        assert isinstance(on_disk, DiskArray) and on_disk.path.parent == tmp_path
+        np.testing.assert_array_equal(np.asarray(on_disk), getattr(memory, name))
+    np.testing.assert_array_equal(disk.endmembers, memory.endmembers)
+    assert np.isnan(np.asarray(disk.abundances)[2, 3]).all()
 
 
 def test_nan_pixels_are_masked():

@@ -21,10 +21,10 @@ NO_TORCH = ("import sys; sys.modules['torch'] = None; "
             "from unmix.runtime.cli import {entry}; sys.argv[0] = 'unmix'; {entry}()")
 
 
-def run_cli(entry: str, *args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+def run_cli(entry: str, *args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", NO_TORCH.format(entry=entry), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,28 @@ def test_unmix_run_bad_input(exported, tmp_path, case, code, message):
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "scene").exists()
+
+
+def test_maps_kept_on_disk_give_the_same_bundle(exported, tmp_path):
+    """UNMIX_MAPS_IN_MEMORY_MB=0 keeps every scene-sized map in a scratch file: the bundle is the same
+    bit for bit (run.json aside, which records timings), and the scratch folder is gone afterwards."""
+    header, _, model = exported
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    bundles = {}
+    for name, env in (("memory", {}), ("disk", {"UNMIX_MAPS_IN_MEMORY_MB": "0", "TMPDIR": str(scratch)})):
+        done = run_cli("main", header, "--model", model, "--out", tmp_path / name, "--samples", 2, "--eta", 0.5,
+                       "--no-quicklook", "--quiet", env=env)
+        assert done.returncode == 0, done.stderr
+        bundles[name] = {f.name: f.read_bytes() for f in (tmp_path / name / "scene").iterdir()
+                         if not f.name.endswith(".run.json")}
+        run = json.loads((tmp_path / name / "scene" / "scene.run.json").read_text())
+        assert run["settings"]["maps_on_disk"] is (name == "disk")
+    assert len(bundles["disk"]) >= 7 and bundles["disk"] == bundles["memory"]
+    assert list(scratch.glob("unmix-run-*")) == []
+    done = run_cli("main", header, "--model", model, "--out", tmp_path / "bad", "--quiet",
+                   env={"UNMIX_MAPS_IN_MEMORY_MB": "lots"})
+    assert done.returncode == 2 and "UNMIX_MAPS_IN_MEMORY_MB must be a number of MiB >= 0" in done.stderr
 
 
 def test_killed_run_leaves_no_partial_bundle(exported, tmp_path):

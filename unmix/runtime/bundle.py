@@ -56,13 +56,13 @@ def _row_blocks(height: int) -> Iterator[slice]:
         yield slice(start, min(start + ROW_BLOCK, height))
 
 
-def _write_map(path: Path, array: np.ndarray, scene: Scene, band_names: list[str], description: str) -> None:
-    if array.ndim == 2:
-        array = array[..., None]
-    with CubeWriter(path, array.shape, band_names=band_names, map_info=scene.map_info,
+def _write_map(path: Path, array, scene: Scene, band_names: list[str], description: str) -> None:
+    """Write an (H, W) or (H, W, C) map (an array or a DiskArray) a block of rows at a time."""
+    shape = tuple(array.shape) + ((1,) if len(array.shape) == 2 else ())
+    with CubeWriter(path, shape, band_names=band_names, map_info=scene.map_info,
                     coordinate_system=scene.coordinate_system, description=description) as writer:
-        for rows in _row_blocks(array.shape[0]):
-            writer.write_tile(rows, slice(0, array.shape[1]), array[rows])
+        for rows in _row_blocks(shape[0]):
+            writer.write_tile(rows, slice(0, shape[1]), array[rows].reshape((-1,) + shape[1:]))
 
 
 def _endmember_csv(path: Path, endmembers: np.ndarray, names: list[str], wavelengths: np.ndarray | None) -> None:

@@ -9,10 +9,12 @@ worker, unmix, write the bundle atomically) and reports errors the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -70,6 +72,25 @@ class RayUnavailableError(UnmixError):
     exit_code = 69
 
 
+#: Above this size in MiB (float32 abundances, RMSE and uncertainty maps together), unmix-run keeps the
+#: maps on disk (:class:`unmix.io.diskarray.DiskArray`) rather than in memory; the environment variable
+#: ``UNMIX_MAPS_IN_MEMORY_MB`` overrides it (0: always on disk).
+MAPS_IN_MEMORY_MB = 64
+
+
+def _maps_in_memory_bytes() -> float:
+    value = os.environ.get("UNMIX_MAPS_IN_MEMORY_MB")
+    if value is None:
+        return MAPS_IN_MEMORY_MB * 2**20
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not limit >= 0:
+        raise UsageError(f"UNMIX_MAPS_IN_MEMORY_MB must be a number of MiB >= 0, got {value!r}")
+    return limit * 2**20
+
+
 def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None, overrides: dict[str, Any],
              plot: bool, progress: bool) -> dict[str, Any]:
     """Unmix one cube and write its bundle; returns the run summary (or the error) as a dict."""
@@ -90,25 +111,31 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
         scene = read_cube(path)
         bar = _Progress(scene.name, progress)
         started = time.perf_counter()
-        try:
-            result = unmixer.run(scene, progress=bar, **overrides)
-        finally:
-            bar.close()
-        pixels = scene.shape[0] * scene.shape[1]
-        masked = pixels - int(result.config["valid_pixels"])
-        if masked:
-            result.notes.append(f"{masked} pixels with NaN, Inf or ignore values were masked (NaN in the outputs)")
-        manifest = unmixer.manifest
-        info = {
-            "input": {"path": str(path), "shape": list(scene.shape), "reflectance_scale": scene.reflectance_scale,
-                      "masked_pixels": masked},
-            "model": {"path": str(manifest.model_dir),
-                      "networks": {name: entry.sha256 for name, entry in manifest.networks.items()}},
-            "backend": backend,
-            "versions": {"unmix": __version__, "numpy": np.__version__, **_backend_versions(backend)},
-            "wall_s": time.perf_counter() - started,
-        }
-        bundle = write_bundle(out, scene, result, info, plot=plot)
+        # Scene-sized maps beyond MAPS_IN_MEMORY_MB live in a scratch folder instead of memory (gone
+        # once the bundle is written), so a large scene does not need more memory than a small one.
+        maps = scene.shape[0] * scene.shape[1] * 4 * (2 * len(unmixer.manifest.endmember_names) + 2)
+        scratch = (tempfile.TemporaryDirectory(prefix="unmix-run-") if maps > _maps_in_memory_bytes()
+                   else contextlib.nullcontext(None))
+        with scratch as workspace:
+            try:
+                result = unmixer.run(scene, progress=bar, workspace=workspace, **overrides)
+            finally:
+                bar.close()
+            pixels = scene.shape[0] * scene.shape[1]
+            masked = pixels - int(result.config["valid_pixels"])
+            if masked:
+                result.notes.append(f"{masked} pixels with NaN, Inf or ignore values were masked (NaN in the outputs)")
+            manifest = unmixer.manifest
+            info = {
+                "input": {"path": str(path), "shape": list(scene.shape), "reflectance_scale": scene.reflectance_scale,
+                          "masked_pixels": masked},
+                "model": {"path": str(manifest.model_dir),
+                          "networks": {name: entry.sha256 for name, entry in manifest.networks.items()}},
+                "backend": backend,
+                "versions": {"unmix": __version__, "numpy": np.__version__, **_backend_versions(backend)},
+                "wall_s": time.perf_counter() - started,
+            }
+            bundle = write_bundle(out, scene, result, info, plot=plot)
         return {"cube": str(path), "bundle": str(bundle), "ok": True, "pixels": pixels,
                 "masked_pixels": masked, "seconds": info["wall_s"], "notes": result.notes}
     except UnmixError as exc:

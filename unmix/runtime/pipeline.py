@@ -57,6 +57,7 @@ import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -64,6 +65,7 @@ import numpy as np
 from unmix.diffusion.noise import STREAM_ABUNDANCE, counter_step, gaussian, spectra_noise
 from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
 from unmix.errors import InputError, UsageError, require_float, require_int
+from unmix.io.diskarray import DiskArray
 from unmix.io.scene import Scene
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
@@ -225,8 +227,34 @@ def _channels_first(array: np.ndarray, tile: int) -> np.ndarray:
 
 _NOTHING_VALID = "{name}: no pixel is finite in every band; nothing to unmix"
 
+#: Makes a scene-sized float32 map: ``allocate(name, shape)``.
+Allocate = Callable[[str, tuple], Any]
 
-def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | None, sums: bool = True):
+
+def _in_memory(name: str, shape: tuple) -> np.ndarray:
+    return np.empty(shape, dtype=np.float32)
+
+
+def _on_disk(workspace: str | Path) -> Allocate:
+    """Maps as :class:`unmix.io.diskarray.DiskArray` files in ``workspace``: memory flat in the scene."""
+    def allocate(name: str, shape: tuple) -> DiskArray:
+        return DiskArray(Path(workspace) / f"{name}.f32", shape)
+    return allocate
+
+
+def _mask_invalid(array, mask: np.ndarray) -> None:
+    """NaN at the pixels where ``mask`` is False, a block of rows at a time."""
+    for start in range(0, mask.shape[0], STATISTICS_BLOCK):
+        rows = slice(start, min(start + STATISTICS_BLOCK, mask.shape[0]))
+        invalid = ~mask[rows]
+        if invalid.any():
+            block = array[rows]
+            block[invalid] = np.nan
+            array[rows] = block
+
+
+def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | None, sums: bool = True,
+                allocate: Allocate = _in_memory):
     """A^T A (p, p), A^T Y (p, B) float64 sums over valid pixels (None without ``sums``), their count,
     the (H, W) validity mask, and (with ``endmembers``) the (H, W) float32 per-pixel RMSE (NaN where
     invalid)."""
@@ -236,7 +264,7 @@ def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | N
     AtY = np.zeros((p, B)) if sums else None
     count = 0
     mask = np.zeros((H, W), dtype=bool)
-    rmse = None if endmembers is None else np.full((H, W), np.nan, dtype=np.float32)
+    rmse = None if endmembers is None else allocate("rmse", (H, W))    # every block is written below
     E = None if endmembers is None else np.asarray(endmembers, dtype=np.float64)
     for rows, cols in scene.tiles(STATISTICS_BLOCK):
         cube = np.asarray(scene.read_tile(rows, cols), dtype=np.float32)
@@ -258,6 +286,8 @@ def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | N
             block = np.full(valid.shape, np.nan, dtype=np.float32)
             block[valid] = np.sqrt(residual.mean(axis=-1))
             rmse[rows, cols] = block
+            del residual
+        del cube, y, a      # before the next block is read: one block's buffers alive at a time
     if count == 0:
         raise InputError(_NOTHING_VALID.format(name=scene.source or scene.name))
     return AtA, AtY, count, mask, rmse
@@ -278,10 +308,10 @@ def _hybridstu_shape(network: Any, scene: Scene) -> tuple[int, int]:
 
 
 def _first_pass(calls: _Calls, scene: Scene, grid: list[Tile], p: int, tile: int, overlap: int,
-                progress: Callable[[], None]) -> np.ndarray:
+                progress: Callable[[], None], allocate: Allocate = _in_memory) -> np.ndarray:
     """Pass 1: HybridSTU over every tile, blended: (H, W, p) float32."""
     H, W, _ = scene.shape
-    abundances = np.empty((H, W, p), dtype=np.float32)
+    abundances = allocate("abundances", (H, W, p))
 
     def sink(rows: slice, values: np.ndarray) -> None:
         abundances[rows] = values
@@ -343,7 +373,8 @@ def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY:
 
 def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endmembers: np.ndarray,
                        grid: list[Tile], schedule: Schedule, cfg: PipelineConfig, round_index: int,
-                       progress: Callable[[], None]) -> tuple[np.ndarray | None, np.ndarray | None]:
+                       progress: Callable[[], None], allocate: Allocate = _in_memory
+                       ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Pass 2: the 2D DDIM refinement of every tile, blended and projected onto the simplex.
 
     The refined rows overwrite ``abundances`` (H, W, p) float32 in place as soon as no later tile
@@ -358,8 +389,8 @@ def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endm
     fixed = {"endmembers": E, "dc_weight": np.array([cfg.dc_weight], dtype=np.float32)}
     uncertainty = per_endmember = None
     if S > 1:
-        uncertainty = np.empty((H, W), dtype=np.float32)
-        per_endmember = np.empty((H, W, p), dtype=np.float32)
+        uncertainty = allocate("uncertainty", (H, W))
+        per_endmember = allocate("uncertainty_per_endmember", (H, W, p))
 
     def sink(rows: slice, values: np.ndarray) -> None:
         # float32 first: the blend of equal float32 tile values is exact only after this rounding.
@@ -422,7 +453,7 @@ def _counter(progress: ProgressCallback | None, stage: str, total: int) -> Calla
 
 def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedule,
                  config: PipelineConfig | None = None, progress: ProgressCallback | None = None,
-                 endmembers: np.ndarray | None = None) -> PipelineResult:
+                 endmembers: np.ndarray | None = None, workspace: str | Path | None = None) -> PipelineResult:
     """Unmix ``scene`` with the three networks (module docstring for the flow and conventions).
 
     Args:
@@ -435,6 +466,10 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         progress: optional ``progress(stage, done, total)`` callback.
         endmembers: optional (p, B) model endmembers (the manifest's), the starting point when
             ``config.initial_endmembers == "model"``; without them E0 comes from the statistics.
+        workspace: optional existing folder: the scene-sized maps (abundances, RMSE, uncertainty) are
+            then :class:`unmix.io.diskarray.DiskArray` files there instead of arrays in memory, so
+            memory does not grow with the scene (``np.asarray`` reads one whole). The folder must
+            outlive the result.
 
     Returns:
         A :class:`PipelineResult`.
@@ -470,7 +505,8 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
 
     # Pass 1: HybridSTU tile by tile.
     t = time.perf_counter()
-    abundances = _first_pass(calls, scene, grid, p, T, cfg.overlap, _counter(progress, "cnn", len(grid)))
+    allocate = _in_memory if workspace is None else _on_disk(workspace)
+    abundances = _first_pass(calls, scene, grid, p, T, cfg.overlap, _counter(progress, "cnn", len(grid)), allocate)
     timings["cnn_s"] = time.perf_counter() - t
 
     # A^T A and A^T Y of A0: only for E0 from the statistics and for the 1D loop (a full read of the cube).
@@ -502,17 +538,17 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         E = E.astype(np.float32).astype(np.float64)   # the float32 E the step networks see
         t = time.perf_counter()
         uncertainty, per_endmember = _refine_abundances(calls, scene, abundances, E, grid, schedule, cfg,
-                                                        round_index, refine_tick)
+                                                        round_index, refine_tick, allocate)
         timings["refine_s"] += time.perf_counter() - t
         t = time.perf_counter()
         # The last round's sums feed nothing: only the mask and the RMSE map are needed then.
-        AtA, AtY, count, mask, rmse = _statistics(scene, abundances, E, sums=round_index + 1 < cfg.rounds)
+        AtA, AtY, count, mask, rmse = _statistics(scene, abundances, E, sums=round_index + 1 < cfg.rounds,
+                                                 allocate=allocate)
         timings["statistics_s"] += time.perf_counter() - t
 
-    abundances[~mask] = np.nan
-    if uncertainty is not None:
-        uncertainty[~mask] = np.nan
-        per_endmember[~mask] = np.nan
+    for array in (abundances, uncertainty, per_endmember):
+        if array is not None:
+            _mask_invalid(array, mask)
     for name in calls.seconds:
         timings[f"{name}_s"] = calls.seconds[name]
         timings[f"{name}_calls"] = calls.counts[name]
@@ -527,6 +563,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         "tiles": len(grid),
         "valid_pixels": int(mask.sum()),
         "initial_endmembers_used": "model" if from_model else "statistics",
+        "maps_on_disk": workspace is not None,
     })
     return PipelineResult(abundances=abundances, endmembers=E.astype(np.float32), rmse=rmse,
                           uncertainty=uncertainty, timings=timings, config=settings,

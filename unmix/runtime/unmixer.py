@@ -25,7 +25,8 @@ class Result:
     """One unmixed cube.
 
     Attributes:
-        abundances: (H, W, p) float32 fractions on the simplex (NaN at masked pixels).
+        abundances: (H, W, p) float32 fractions on the simplex (NaN at masked pixels); with a
+            ``workspace`` this and the other maps are DiskArrays.
         endmembers: (p, B) float32 spectra >= 0, in the cube's reflectance units.
         names: p endmember names (the abundance file's band names).
         rmse: (H, W) float32 per-pixel reconstruction RMSE.
@@ -75,10 +76,12 @@ class Unmixer:
         return PipelineConfig.from_dict({k: v for k, v in defaults.items() if k in known}, **chosen)
 
     def run(self, cube: Scene | np.ndarray | str | Path, progress: ProgressCallback | None = None,
-            **overrides: Any) -> Result:
+            workspace: str | Path | None = None, **overrides: Any) -> Result:
         """Unmix a Scene, an (H, W, B) reflectance array, or an ENVI file path.
 
         ``overrides`` are inference settings (``steps``, ``samples``, ``eta``, ``seed``, ...).
+        ``workspace``: an existing folder that outlives the result, where the scene-sized maps are kept
+        as :class:`unmix.io.diskarray.DiskArray` files (``np.asarray`` reads one) instead of in memory.
         """
         scene = _as_scene(cube)
         notes = check_cube(self.manifest, scene)
@@ -86,7 +89,7 @@ class Unmixer:
         if config.tile != self._tile():
             raise UsageError(f"tile {config.tile} differs from the exported networks' tile {self._tile()}")
         result = run_pipeline(scene, self.networks, self.schedule, config, progress=progress,
-                              endmembers=self.manifest.endmembers)
+                              endmembers=self.manifest.endmembers, workspace=workspace)
         return Result(abundances=result.abundances, endmembers=result.endmembers,
                       names=list(self.manifest.endmember_names), rmse=result.rmse,
                       uncertainty=result.uncertainty, timings=result.timings, config=result.config, notes=notes)
