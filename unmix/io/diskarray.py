@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from unmix.errors import UsageError
+from unmix.io.envi import _read_into, _write_at
 
 __all__ = ["DiskArray"]
 
@@ -23,7 +24,7 @@ __all__ = ["DiskArray"]
 class DiskArray:
     """A float array of ``shape`` stored row-major in the file ``path`` (created, or truncated)."""
 
-    _fd: int | None = None
+    _file = None
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32):
         if len(shape) < 2 or any(int(n) < 1 for n in shape):
@@ -33,8 +34,8 @@ class DiskArray:
         self.dtype = np.dtype(dtype)
         self._pixel_bytes = math.prod(self.shape[2:]) * self.dtype.itemsize
         self._row_bytes = self.shape[1] * self._pixel_bytes
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self._fd, self.shape[0] * self._row_bytes)
+        self._file = open(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600), "r+b", buffering=0)
+        self._file.truncate(self.shape[0] * self._row_bytes)
 
     @property
     def ndim(self) -> int:
@@ -44,9 +45,9 @@ class DiskArray:
         return self.shape[0]
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __del__(self) -> None:
         self.close()
@@ -88,16 +89,11 @@ class DiskArray:
         return whole if dtype is None else whole.astype(dtype)
 
     def _read(self, offset: int, size: int) -> np.ndarray:
-        buffer = bytearray(size)
-        view, done = memoryview(buffer), 0
-        while done < size:
-            count = os.preadv(self._fd, [view[done:]], offset + done)
-            if count <= 0:
-                raise OSError(f"{self.path}: short read at byte {offset + done}")
-            done += count
-        return np.frombuffer(buffer, dtype=self.dtype)
+        buffer = np.empty(size, dtype=np.uint8)
+        got = _read_into(self._file, buffer, offset)
+        if got < size:
+            raise OSError(f"{self.path}: short read at byte {offset + got}")
+        return buffer.view(self.dtype)
 
     def _write(self, offset: int, block: np.ndarray) -> None:
-        view, done = memoryview(block).cast("B"), 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done:], offset + done)
+        _write_at(self._file, memoryview(block).cast("B"), offset)
