@@ -43,6 +43,7 @@ import numpy as np
 from unmix.errors import OutputError, UnmixError, output_error
 from unmix.io.envi import CubeWriter, write_library
 from unmix.io.scene import Scene
+from unmix.runtime.tiling import row_blocks
 
 RUN_FORMAT = "unmix-run/1"
 
@@ -51,17 +52,12 @@ RUN_FORMAT = "unmix-run/1"
 ROW_BLOCK = 256
 
 
-def _row_blocks(height: int) -> Iterator[slice]:
-    for start in range(0, height, ROW_BLOCK):
-        yield slice(start, min(start + ROW_BLOCK, height))
-
-
 def _write_map(path: Path, array, scene: Scene, band_names: list[str], description: str) -> None:
     """Write an (H, W) or (H, W, C) map (an array or a DiskArray) a block of rows at a time."""
     shape = tuple(array.shape) + ((1,) if len(array.shape) == 2 else ())
     with CubeWriter(path, shape, band_names=band_names, map_info=scene.map_info,
                     coordinate_system=scene.coordinate_system, description=description) as writer:
-        for rows in _row_blocks(shape[0]):
+        for rows in row_blocks(shape[0], ROW_BLOCK):
             writer.write_tile(rows, slice(0, shape[1]), array[rows].reshape((-1,) + shape[1:]))
 
 
@@ -196,7 +192,7 @@ def endmember_stats(abundances: np.ndarray, names: list[str]) -> list[dict[str, 
     """Per endmember: mean and max abundance, and the fraction of valid pixels where it dominates."""
     p = len(names)
     total, peak, dominant, count = np.zeros(p), np.full(p, -np.inf), np.zeros(p, dtype=np.int64), 0
-    for rows in _row_blocks(abundances.shape[0]):
+    for rows in row_blocks(abundances.shape[0], ROW_BLOCK):
         block = abundances[rows]
         values = block[np.isfinite(block).all(axis=-1)].astype(np.float64)
         if not len(values):

@@ -70,7 +70,7 @@ from unmix.io.scene import Scene
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
 from unmix.runtime.network import Network, call_network, check_network, pipeline_specs
-from unmix.runtime.tiling import Blender, Tile, pad_to_tile, tile_grid
+from unmix.runtime.tiling import Blender, Tile, pad_to_tile, row_blocks, tile_grid
 
 __all__ = ["PipelineConfig", "PipelineResult", "ProgressCallback", "STATISTICS_BLOCK", "predict_abundances",
            "run_pipeline"]
@@ -225,8 +225,6 @@ def _channels_first(array: np.ndarray, tile: int) -> np.ndarray:
     return np.ascontiguousarray(pad_to_tile(array, tile).transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-_NOTHING_VALID = "{name}: no pixel is finite in every band; nothing to unmix"
-
 #: Makes a scene-sized float32 map: ``allocate(name, shape)``.
 Allocate = Callable[[str, tuple], Any]
 
@@ -244,8 +242,7 @@ def _on_disk(workspace: str | Path) -> Allocate:
 
 def _mask_invalid(array, mask: np.ndarray) -> None:
     """NaN at the pixels where ``mask`` is False, a block of rows at a time."""
-    for start in range(0, mask.shape[0], STATISTICS_BLOCK):
-        rows = slice(start, min(start + STATISTICS_BLOCK, mask.shape[0]))
+    for rows in row_blocks(mask.shape[0], STATISTICS_BLOCK):
         invalid = ~mask[rows]
         if invalid.any():
             block = array[rows]
@@ -288,8 +285,6 @@ def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | N
             rmse[rows, cols] = block
             del residual
         del cube, y, a      # before the next block is read: one block's buffers alive at a time
-    if count == 0:
-        raise InputError(_NOTHING_VALID.format(name=scene.source or scene.name))
     return AtA, AtY, count, mask, rmse
 
 
@@ -308,8 +303,8 @@ def _hybridstu_shape(network: Any, scene: Scene) -> tuple[int, int]:
 
 
 def _first_pass(calls: _Calls, scene: Scene, grid: list[Tile], p: int, tile: int, overlap: int,
-                progress: Callable[[], None], allocate: Allocate = _in_memory) -> np.ndarray:
-    """Pass 1: HybridSTU over every tile, blended: (H, W, p) float32."""
+                progress: Callable[[], None], allocate: Allocate = _in_memory) -> tuple[np.ndarray, bool]:
+    """Pass 1: HybridSTU over every tile, blended: (H, W, p) float32, and whether any pixel is valid."""
     H, W, _ = scene.shape
     abundances = allocate("abundances", (H, W, p))
 
@@ -325,9 +320,7 @@ def _first_pass(calls: _Calls, scene: Scene, grid: list[Tile], p: int, tile: int
         blender.add(window, out[0].transpose(1, 2, 0)[: window.height, : window.width])
         progress()
     blender.finish()
-    if not any_valid:
-        raise InputError(_NOTHING_VALID.format(name=scene.source or scene.name))
-    return abundances
+    return abundances, any_valid
 
 
 def predict_abundances(scene: Scene, network: Network, overlap: int = 16,
@@ -343,7 +336,7 @@ def predict_abundances(scene: Scene, network: Network, overlap: int = 16,
     check_network("hybridstu", network, pipeline_specs(B, p, T)["hybridstu"])
     grid = tile_grid(H, W, T, overlap)
     return _first_pass(_Calls({"hybridstu": network}), scene, grid, p, T, overlap,
-                       _counter(progress, "cnn", len(grid)))
+                       _counter(progress, "cnn", len(grid)))[0]
 
 
 def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY: np.ndarray, count: int,
@@ -506,7 +499,10 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
     # Pass 1: HybridSTU tile by tile.
     t = time.perf_counter()
     allocate = _in_memory if workspace is None else _on_disk(workspace)
-    abundances = _first_pass(calls, scene, grid, p, T, cfg.overlap, _counter(progress, "cnn", len(grid)), allocate)
+    abundances, any_valid = _first_pass(calls, scene, grid, p, T, cfg.overlap, _counter(progress, "cnn", len(grid)),
+                                        allocate)
+    if not any_valid:
+        raise InputError(f"{scene.source or scene.name}: no pixel is finite in every band; nothing to unmix")
     timings["cnn_s"] = time.perf_counter() - t
 
     # A^T A and A^T Y of A0: only for E0 from the statistics and for the 1D loop (a full read of the cube).

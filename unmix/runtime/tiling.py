@@ -24,7 +24,7 @@ import numpy as np
 
 from unmix.errors import UsageError
 
-__all__ = ["Blender", "Tile", "blend_window", "pad_to_tile", "tile_grid", "tile_starts"]
+__all__ = ["Blender", "Tile", "blend_window", "pad_to_tile", "row_blocks", "tile_grid", "tile_starts"]
 
 
 def _check(size: int, tile: int, overlap: int) -> None:
@@ -71,6 +71,11 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
     rows = tile_starts(height, tile, overlap)
     cols = tile_starts(width, tile, overlap)
     return [Tile(r, c, min(tile, height), min(tile, width)) for r in rows for c in cols]
+
+
+def row_blocks(height: int, size: int) -> list[slice]:
+    """Consecutive row windows of at most ``size`` rows covering ``height`` rows."""
+    return [slice(start, min(start + size, height)) for start in range(0, height, size)]
 
 
 def blend_window(tile: int, overlap: int) -> np.ndarray:
