@@ -32,6 +32,9 @@ BENCHMARKS = (
     "sim1",
     "sim1:30db",
     "sim1:20db",
+    "sim1:10db",
+    "samson:20db",
+    "samson:10db",
 )
 _ALIASES = {"jasper": "jasper_ridge", "jasperridge": "jasper_ridge"}
 
@@ -207,12 +210,25 @@ def load_sim1(snr_db: float | None = None) -> Scene:
     )
 
 
+def _with_noise(scene: Scene, snr_db: float) -> Scene:
+    """The scene with white Gaussian noise at ``snr_db`` (HySUPP's definition, seed 0); same truth."""
+    from unmix.physics.synthetic import add_noise
+
+    cube = add_noise(scene.read().astype(np.float64), snr_db, seed=0)
+    return Scene.from_array(
+        cube, name=f"{scene.name}:{snr_db:g}db", wavelengths=scene.wavelengths, endmembers=scene.endmembers,
+        abundances=scene.abundances, endmember_names=scene.endmember_names, source=scene.source,
+        notes=list(scene.notes) + [f"white Gaussian noise added at {snr_db:g} dB (HySUPP's definition "
+                                   "sigma^2 = mean(Y^2)/10^(SNR/10); numpy PCG64 seed 0); truth of the clean cube"])
+
+
 def load_benchmark(name: str) -> Scene:
     """A benchmark scene by name (one of :data:`BENCHMARKS`; case-insensitive, ``'jasper'`` accepted).
 
-    ``'samson'`` uses the MiSiCNet ground truth (``'samson:zhu'`` for Zhu's). ``'sim1:30db'`` and
-    ``'sim1:20db'`` add white Gaussian noise to Sim1 with ``unmix.physics.synthetic.add_noise(cube,
-    snr_db, seed=0)`` (HySUPP's SNR definition), so a name gives the same cube everywhere.
+    ``'samson'`` uses the MiSiCNet ground truth (``'samson:zhu'`` for Zhu's). ``'sim1:30db'``,
+    ``'sim1:20db'``, ``'sim1:10db'``, ``'samson:20db'`` and ``'samson:10db'`` add white Gaussian noise
+    with ``unmix.physics.synthetic.add_noise(cube, snr_db, seed=0)`` (HySUPP's SNR definition), so a
+    name gives the same cube everywhere; the noisy Samson keeps the MiSiCNet truth of the clean cube.
     """
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
@@ -224,8 +240,10 @@ def load_benchmark(name: str) -> Scene:
         return load_jasper_ridge()
     if key == "sim1":
         return load_sim1()
-    if key in ("sim1:30db", "sim1:20db"):
+    if key in ("sim1:30db", "sim1:20db", "sim1:10db"):
         return load_sim1(snr_db=float(key.split(":")[1][:-2]))
+    if key in ("samson:20db", "samson:10db"):
+        return _with_noise(load_samson("misicnet"), float(key.split(":")[1][:-2]))
     raise UsageError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)} (or 'jasper')")
 
 

@@ -49,7 +49,8 @@ from scipy import optimize, special
 
 from unmix.physics.vca import vca
 
-__all__ = ["EndmemberEstimate", "estimate_endmembers", "estimate_noise", "simplex_criterion"]
+__all__ = ["EndmemberEstimate", "data_criterion", "estimate_endmembers", "estimate_noise", "misfit_ratio",
+           "simplex_criterion"]
 
 #: Pixels drawn (without replacement, seeded) for the criterion and the noise estimate.
 DEFAULT_SAMPLE = 6000
@@ -312,18 +313,8 @@ def estimate_endmembers(pixels: np.ndarray, p: int, *, known: np.ndarray | None 
         misfit ratio and each family's own data criterion.
     """
     started = time.perf_counter()
-    Y = np.asarray(pixels, dtype=np.float64)
-    if Y.ndim != 2:
-        raise ValueError(f"estimate_endmembers: pixels must have shape (N, B), got {Y.shape}")
-    Y = Y[np.isfinite(Y).all(axis=1)]
-    n, bands = Y.shape
-    if not 2 <= p <= bands:
-        raise ValueError(f"estimate_endmembers: p must be between 2 and the band count {bands}, got {p}")
-    if n < 2 * p:
-        raise ValueError(f"estimate_endmembers: needs at least {2 * p} finite pixels, got {n}")
-    rng = np.random.default_rng(seed)
-    if n > sample:
-        Y = Y[np.sort(rng.choice(n, sample, replace=False))]
+    Y, rng = _sample(pixels, p, seed, sample)
+    bands = Y.shape[1]
     k = 0
     if known is not None:
         known = np.asarray(known, dtype=np.float64)
@@ -390,9 +381,7 @@ def _pixel_family(Y: np.ndarray, starting_sets: list[tuple[str, np.ndarray]], kn
     reflectance units): the endmembers and each one's mean squared residual per pixel."""
     p, bands = starting_sets[0][1].shape
     k = 0 if known is None else len(known)
-    pca_mean = Y.mean(axis=0)
-    _, _, Vt = np.linalg.svd(Y - pca_mean, full_matrices=False)
-    basis = Vt[: min(bands, max(p + 4, 8))].T                    # (B, D) orthonormal
+    pca_mean, basis = _principal(Y, p)
     X = (Y - pca_mean) @ basis
     hull_rows = _extreme_pixels(X, EXTREME_DIRECTIONS, rng)
     hull = X[hull_rows]
@@ -404,14 +393,67 @@ def _pixel_family(Y: np.ndarray, starting_sets: list[tuple[str, np.ndarray]], kn
         B = np.zeros((p, len(hull)))
         for row, point in enumerate(projected):
             B[row, row if row < k else int(np.argmin(((hull[k:] - point) ** 2).sum(axis=1))) + k] = 1.0
-        B, loss = _archetypes(X, hull, B, fixed_rows=k)
+        B, _ = _archetypes(X, hull, B, fixed_rows=k)
         E = np.maximum(pca_mean + (B @ hull) @ basis.T, 0.0)
         if k:
             E[:k] = known
         pixel_sets.append(E)
-        pixel_losses.append(loss)
+        pixel_losses.append(_pixel_residual(X, (E - pca_mean) @ basis))   # of the clipped spectra
 
     return pixel_sets, pixel_losses
+
+
+def _sample(pixels: np.ndarray, p: int, seed: int, sample: int) -> tuple[np.ndarray, np.random.Generator]:
+    """The finite pixels (float64), at most ``sample`` of them (a seeded draw), and the generator after it."""
+    Y = np.asarray(pixels, dtype=np.float64)
+    if Y.ndim != 2:
+        raise ValueError(f"endmember engine: pixels must have shape (N, B), got {Y.shape}")
+    Y = Y[np.isfinite(Y).all(axis=1)]
+    n, bands = Y.shape
+    if not 2 <= p <= bands:
+        raise ValueError(f"endmember engine: p must be between 2 and the band count {bands}, got {p}")
+    if n < 2 * p:
+        raise ValueError(f"endmember engine: needs at least {2 * p} finite pixels, got {n}")
+    rng = np.random.default_rng(seed)
+    if n > sample:
+        Y = Y[np.sort(rng.choice(n, sample, replace=False))]
+    return Y, rng
+
+
+def _principal(Y: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean (B,) and the leading max(p + 4, 8) principal directions (B, D) of the pixels."""
+    mean = Y.mean(axis=0)
+    _, _, Vt = np.linalg.svd(Y - mean, full_matrices=False)
+    return mean, Vt[: min(Y.shape[1], max(p + 4, 8))].T
+
+
+def _pixel_residual(X: np.ndarray, spectra_pc: np.ndarray) -> float:
+    """Mean squared residual per pixel of FCLS with (p, D) spectra on (N, D) principal coordinates."""
+    from unmix.physics.fcls import fcls
+
+    lift = 10.0 * max(float(np.abs(X).max()), float(np.abs(spectra_pc).max()), 1.0)
+    A = fcls(np.hstack([X, np.full((len(X), 1), lift)]), np.hstack([spectra_pc, np.full((len(spectra_pc), 1), lift)]))
+    return float(((A @ spectra_pc - X) ** 2).sum(axis=1).mean())
+
+
+def data_criterion(pixels: np.ndarray, endmembers: np.ndarray, *, seed: int = 0,
+                   sample: int = DEFAULT_SAMPLE) -> tuple[str, float]:
+    """The engine's data criterion of any (p, B) endmembers on (N, B) pixels: ``(family, value)``.
+
+    The family is the one :func:`estimate_endmembers` chooses on these pixels (same ``seed`` and
+    ``sample``); the value is L per pixel (minimum volume) or the FCLS mean squared residual in the
+    leading principal components (pixels). Smaller is better; values of different families do not
+    compare.
+    """
+    E = np.asarray(endmembers, dtype=np.float64)
+    p = E.shape[0]
+    Y, _ = _sample(pixels, p, seed, sample)
+    noise = estimate_noise(Y)
+    sub = _subspace(Y, noise, p)
+    if misfit_ratio(Y, sub, noise) <= MISFIT_RATIO_LIMIT:
+        return "minimum_volume", simplex_criterion(sub.to(E), sub.to(Y))
+    mean, basis = _principal(Y, p)
+    return "pixels", _pixel_residual((Y - mean) @ basis, (E - mean) @ basis)
 
 
 def misfit_ratio(Y: np.ndarray, sub: _Subspace, noise: np.ndarray) -> float:

@@ -14,7 +14,6 @@ import torch
 from unmix.errors import InputError, UsageError
 from unmix.io.scene import Scene
 from unmix.physics.fcls import fcls
-from unmix.physics.vca import vca
 
 
 @dataclass
@@ -67,35 +66,27 @@ def prepare_scene(scene: Scene, endmembers: int, wavelengths: np.ndarray | None 
 
 
 def initial_endmembers(pixels: np.ndarray, endmembers: int, seeds: int, seed: int = 0,
-                       known: np.ndarray | None = None, sample: int = 4096) -> tuple[np.ndarray, float]:
-    """Endmembers (p, B) from VCA, the best of ``seeds`` runs by FCLS reconstruction RMSE.
+                       known: np.ndarray | None = None, sample: int = 4096
+                       ) -> tuple[np.ndarray, float, dict]:
+    """Endmembers (p, B) from the endmember engine (:func:`unmix.physics.endmembers.estimate_endmembers`,
+    ``seeds`` VCA starts); ``known`` (k, B) spectra are kept as the first k endmembers.
 
-    ``known`` (k, B) spectra, when given, are kept as the first k endmembers and VCA's candidates
-    least similar to them fill the rest. Returns the endmembers and their reconstruction RMSE on a
-    pixel sample (a proxy for the scene's noise level).
+    Returns the endmembers, their FCLS reconstruction RMSE on a pixel sample (a proxy for the scene's
+    noise level, used for the synthetic mixtures) and the engine's summary (mode, misfit ratio,
+    criterion, per-endmember spread).
     """
+    from unmix.physics.endmembers import estimate_endmembers
+
+    estimate = estimate_endmembers(pixels, endmembers, known=known, starts=max(1, seeds), seed=seed)
+    best = estimate.endmembers.astype(np.float32)
     rng = np.random.default_rng(seed)
     subset = pixels if len(pixels) <= sample else pixels[rng.choice(len(pixels), sample, replace=False)]
-    k = 0 if known is None else len(known)
-    best, best_rmse = None, math.inf
-    for run in range(max(1, seeds)):
-        candidates, _ = vca(pixels, endmembers, seed=seed + run)
-        candidates = np.maximum(candidates, 0.0)
-        if k:
-            angles = _angles(candidates, known).min(axis=1)
-            keep = np.argsort(-angles)[: endmembers - k]
-            candidates = np.concatenate([known, candidates[keep]], axis=0)
-        abundances = fcls(subset, candidates)
-        rmse = float(np.sqrt(np.mean((subset - abundances @ candidates) ** 2)))
-        if rmse < best_rmse:
-            best, best_rmse = candidates.astype(np.float32), rmse
-    return best, best_rmse
-
-
-def _angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.arccos(np.clip(a @ b.T, -1.0, 1.0))
+    abundances = fcls(subset, best)
+    rmse = float(np.sqrt(np.mean((subset - abundances @ best) ** 2)))
+    summary = {"mode": estimate.mode, "misfit_ratio": estimate.misfit_ratio, "criterion": estimate.criterion,
+               "candidates": len(estimate.candidates), "seconds": estimate.details["seconds"],
+               "spread": estimate.spread.astype(np.float32).tolist()}
+    return best, rmse, summary
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:

@@ -2,8 +2,8 @@
 
 The semi-blind protocol (README explains it to users):
 
-1. **Endmember initialisation** — VCA over the scene's finite pixels, the best of several seeds by
-   FCLS reconstruction error; spectra the user knows (``known``) are kept as the first endmembers.
+1. **Endmembers** — the endmember engine (:mod:`unmix.physics.endmembers`) over the scene's finite
+   pixels; spectra the user knows (``known``) are kept as the first endmembers.
 2. **HybridSTU + endmembers** (stage ``cnn``) — the CNN maps a tile to abundances (softmax: on the
    simplex) and the endmembers E (p, B) are learnt with it. Losses: SAM + MSE of the cube's
    reconstruction A·E (unsupervised, on random crops of the scene) plus abundance MSE on synthetic
@@ -215,17 +215,19 @@ def fit(
     if previous is not None:
         e0 = np.asarray(previous["config"]["endmembers"]["initial"], dtype=np.float32)
         noise_std = float(previous["config"]["noise_std"])
+        engine = previous["config"]["endmembers"].get("engine", {})
     else:
         if known is not None:
             known = np.asarray(known, dtype=np.float32)
             if known.ndim != 2 or known.shape[1] != prepared.cube.shape[2] or len(known) > endmembers:
                 raise UsageError(f"known spectra must have shape (k <= {endmembers}, {prepared.cube.shape[2]}), "
                                  f"got {known.shape}")
-        e0, noise_std = train_data.initial_endmembers(prepared.valid_pixels, endmembers, cfg.cnn.vca_seeds,
-                                                      cfg.seed, known)
+        e0, noise_std, engine = train_data.initial_endmembers(prepared.valid_pixels, endmembers, cfg.cnn.vca_seeds,
+                                                              cfg.seed, known)
     names = list(known_names or []) + [f"endmember_{k + 1}" for k in range(len(known_names or []), endmembers)]
     say(f"{scene.name}: {prepared.cube.shape[0]}x{prepared.cube.shape[1]} px, {prepared.cube.shape[2]} bands, "
-        f"p={endmembers}; initial endmembers from VCA (reconstruction RMSE {noise_std:.4f})")
+        f"p={endmembers}; initial endmembers from the engine ({engine.get('mode', '?')} family, misfit ratio "
+        f"{engine.get('misfit_ratio', float('nan')):.2f}, reconstruction RMSE {noise_std:.4f})")
 
     schedule = Schedule(kind=cfg.schedule.kind, T=cfg.schedule.T, prediction=cfg.schedule.prediction)
     alphas_cumprod = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32, device=torch_device)
@@ -260,6 +262,10 @@ def fit(
                                                     mask_t, cfg, noise_std, state, ddp, show)
         timings["cnn_s"] = time.perf_counter() - t
     endmembers_est = endmember_param.detach().cpu().numpy().astype(np.float32)
+    if "cnn" in run_stages and previous is None and not np.array_equal(endmembers_est, e0):
+        endmembers_est, engine["joint_learning"] = _keep_better(prepared.valid_pixels, e0, endmembers_est, cfg.seed)
+        say(f"endmembers: {engine['joint_learning']['kept']} kept (data criterion: engine "
+            f"{engine['joint_learning']['engine']:.5g}, learnt {engine['joint_learning']['learnt']:.5g})")
     abundances = _predict_abundances(models["hybridstu"], cube_t)
 
     # 3. The 1D spectra prior.
@@ -289,7 +295,7 @@ def fit(
         "sensor": {"bands": bands,
                    "wavelengths": None if prepared.wavelengths is None else [float(w) for w in prepared.wavelengths]},
         "endmembers": {"count": endmembers, "names": names, "initial": e0.tolist(),
-                       "estimated": endmembers_est.tolist()},
+                       "estimated": endmembers_est.tolist(), "engine": engine},
         "normalisation": {"spectra": "x0 = 2 * s / max(s) - 1 per spectrum", "abundance": "x0 = 2 * A - 1"},
         "noise_std": noise_std,
         "scene": {"name": scene.name, "source": scene.source, "shape": list(prepared.cube.shape),
@@ -308,6 +314,17 @@ def fit(
         say(f"checkpoint written to {out_dir} in {timings['total_s']:.1f} s")
     ddp.barrier()
     return FitResult(out_dir=out_dir, endmembers=endmembers_est, abundances=abundances, summary=summary)
+
+
+def _keep_better(pixels: np.ndarray, engine: np.ndarray, learnt: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    """The engine's or the jointly learnt endmembers, whichever the engine's data criterion prefers."""
+    from unmix.physics.endmembers import data_criterion
+
+    family, before = data_criterion(pixels, engine, seed=seed)
+    _, after = data_criterion(pixels, learnt, seed=seed)
+    kept = "learnt" if after < before else "engine"
+    return (learnt if kept == "learnt" else engine), {"family": family, "engine": before, "learnt": after,
+                                                      "kept": kept}
 
 
 def _unmix_version() -> str:
