@@ -108,6 +108,8 @@ LEARNT_METHODS = ("engine+FCLS", "HybridSTU", "FCLS, our E", "HybridSTU+diffusio
 COLLAPSE_STD = 0.02
 #: Simulated scenes (exact truth): the uncertainty check runs on these.
 SIMULATED = ("sim1", "sim1_30db", "sim1_20db", "synthetic_20db", "synthetic_30db", "synthetic_40db")
+#: Where the uncertainty check runs (seed 0): the simulated scenes and Samson (an issue-14 target).
+UNCERTAINTY_DATASETS = SIMULATED + ("samson",)
 UNCERTAINTY_ETAS = (0.5, 1.0)
 UNCERTAINTY_SAMPLES = 8
 
@@ -420,8 +422,11 @@ def evaluate_checkpoint(key: str, scene, trained: Trained, seed: int, device: st
             "FCLS, our E": _score(ours_a, trained.endmembers, alternate),
         }
     if uncertainty:
+        engine = trained.summary["endmembers"].get("engine", {})
+        spread = np.asarray(engine["spread"], dtype=np.float64) if "spread" in engine else None
         out["uncertainty"] = [uncertainty_check(scene, networks, schedule, inference, seed, eta, UNCERTAINTY_SAMPLES,
-                                                trained.endmembers) for eta in UNCERTAINTY_ETAS]
+                                                trained.endmembers, spread, engine.get("noise_rms"))
+                              for eta in UNCERTAINTY_ETAS]
         for row in out["uncertainty"]:
             log(f"  uncertainty eta={row['eta']}: spearman {row['spearman']:.3f}, "
                 f"coverage(2σ) {row['coverage_2sigma']:.3f}")
@@ -429,8 +434,10 @@ def evaluate_checkpoint(key: str, scene, trained: Trained, seed: int, device: st
 
 
 def uncertainty_check(scene, networks, schedule, inference: dict, seed: int, eta: float, samples: int,
-                      endmembers=None) -> dict:
-    """Stochastic DDIM (``eta``) over ``samples`` samples against the exact truth.
+                      endmembers=None, spread=None, noise_std=None) -> dict:
+    """Stochastic DDIM (``eta``) over ``samples`` samples against the exact truth, with the uncertainty
+    map unmix-run writes (the samples' spread and, from the model's engine spread and noise estimate,
+    the propagated noise and endmember uncertainty).
 
     Per-pixel error = RMSE over endmembers of (mean abundances - truth) after Hungarian alignment.
     Returns the Spearman correlation of the uncertainty map with that error, the coverage of
@@ -441,7 +448,8 @@ def uncertainty_check(scene, networks, schedule, inference: dict, seed: int, eta
     from unmix.runtime.pipeline import PipelineConfig, run_pipeline
 
     config = PipelineConfig.from_dict(inference, seed=seed, eta=eta, samples=samples)
-    result = run_pipeline(scene, networks, schedule, config, endmembers=endmembers)
+    result = run_pipeline(scene, networks, schedule, config, endmembers=endmembers, endmember_spread=spread,
+                          noise_std=noise_std)
     p = scene.endmembers.shape[0]
     truth = np.asarray(scene.abundances, dtype=np.float64).reshape(-1, p)
     mean = result.abundances.astype(np.float64).reshape(-1, p)
@@ -477,7 +485,7 @@ def run_learnt(key: str, seeds: int, preset: str, reuse: bool, device: str | Non
         started = time.perf_counter()
         trained = train(key, scene, preset, seed, reuse=reuse, device=device, log=log)
         run = evaluate_checkpoint(key, scene, trained, seed, device=device, alternate=alternate,
-                                  uncertainty=key in SIMULATED and seed == 0, log=log)
+                                  uncertainty=key in UNCERTAINTY_DATASETS and seed == 0, log=log)
         runs.append(run)
         brief = {m: f"SAD {r['sad_degrees_mean']:.2f}° aRMSE {r['abundance_rmse']:.4f}"
                  for m, r in run["reports"].items()}
@@ -599,7 +607,8 @@ def accuracy_markdown(results: dict) -> str:
         f"checkpoint's settings ({training['inference']}). HybridSTU = the CNN's abundances with the "
         "endmembers learnt beside it; HybridSTU+diffusion = the two-pass pipeline at its defaults (E = the "
         "learnt endmembers, as unmix-run reads them from the manifest; HybridSTU's abundances noised to t0 "
-        "and refined by the 2D DDIM loop with proximal data consistency and the simplex projection; the 1D "
+        "and refined by the 2D DDIM loop whose data consistency is a proximal step on the simplex, its weight "
+        "set at training from the scene's estimated noise; the 1D "
         "refinement of E is off by default, see the diagnostics). "
         "Train s for HybridSTU counts initialisation and the CNN stage only; inference s is the "
         f"whole scene on {results['machine']['torch_threads']} CPU threads (shared machine: timings are noisy). "
@@ -664,9 +673,11 @@ def uncertainty_markdown(results: dict) -> str:
                          f"{u['coverage_1sigma']:.3f} | {u['coverage_2sigma']:.3f} | "
                          f"{u['mean_std']:.4f} | {u['abundance_rmse']:.4f} | {u['seconds']:.1f} |")
     lines += ["", "Seed 0. Pixel error = RMSE over endmembers of the mean abundances after alignment; σ̄ = the "
-              "pipeline's uncertainty map (mean over endmembers of the per-endmember std across samples, ddof 1); "
-              "coverage = fraction of pixel × endmember true abundances inside mean ± kσ (ideal for a Gaussian: "
-              "0.683 and 0.954)."]
+              "uncertainty map unmix-run writes: the samples' spread (mean over endmembers of the per-endmember "
+              "std across samples, ddof 1) added in quadrature to the noise and the endmember engine's candidate "
+              "spread propagated through the abundance step (unmix.physics.uncertainty); per-value Spearman and "
+              "coverage use the samples' per-endmember std alone (fraction of pixel × endmember true abundances "
+              "inside mean ± kσ; ideal for a Gaussian: 0.683 and 0.954)."]
     return "\n".join(lines)
 
 
@@ -675,7 +686,11 @@ def full_markdown(results: dict) -> str:
              details_markdown(results), "", "## Stage diagnostics", "", diagnostics_markdown(results)]
     uncertainty = uncertainty_markdown(results)
     if uncertainty:
-        parts += ["", "## Uncertainty (stochastic DDIM)", "", uncertainty]
+        parts += ["", "## Uncertainty (stochastic DDIM and propagated endmember spread)", "", uncertainty]
+    if "split_scene" in results:
+        from benchmarks.split_scene import to_markdown as split_markdown
+
+        parts += ["", "## Train on one half, run on the other (split scene)", "", split_markdown(results["split_scene"])]
     return "\n".join(parts)
 
 
@@ -705,7 +720,7 @@ def training_budget(preset: str) -> tuple[str, str]:
     cfg = resolve_config(preset)
     budget = (f"CNN {cfg.cnn.steps} steps, 1D prior {cfg.spectra.steps} steps, "
               f"2D prior {cfg.abundance.steps} steps")
-    inference = ", ".join(f"{k}={v}" for k, v in cfg.inference.__dict__.items())
+    inference = ", ".join(f"{k}={'from the noise' if v is None else v}" for k, v in cfg.inference.__dict__.items())
     return budget, inference
 
 
@@ -721,7 +736,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README's tables")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite results/accuracy.md and README's table from results/accuracy.json (no run)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        results = json.loads((RESULTS / "accuracy.json").read_text())
+        results["training"]["budget"], results["training"]["inference"] = training_budget(results["preset"])
+        (RESULTS / "accuracy.md").write_text(
+            full_markdown(results) + f"\n\nWhole harness: {results['total_s'] / 60:.1f} min.\n")
+        if not args.no_readme:
+            update_readme(accuracy_markdown(results), marker="accuracy")
+        return 0
     started = time.perf_counter()
     keys = args.datasets or (list(QUICK) if args.quick else list(DATASETS))
     seeds = 1 if args.quick else args.seeds
@@ -760,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
                "conventions": "Hungarian alignment on abundance-map RMSE; SAD mean in degrees (and radians); "
                               "aRMSE over all pixels and endmembers (fraction); PSNR peak 1.0; times in seconds",
                "uncertainty_check": {"etas": list(UNCERTAINTY_ETAS), "samples": UNCERTAINTY_SAMPLES,
-                                     "datasets": [k for k in keys if k in SIMULATED], "seed": 0},
+                                     "datasets": [k for k in keys if k in UNCERTAINTY_DATASETS], "seed": 0},
                "peers": {"source": PEERS_SOURCE,
                          "rows": {name: {"datasets": {k: {"sad_degrees": v[0], "abundance_rmse": v[1]}
                                                       for k, v in values.items()}, "time": seconds}
@@ -776,6 +801,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         results["datasets"][key] = run_learnt(key, seeds, args.preset, args.reuse, args.device, log)
         log(f"{key}: learnt methods done in {time.perf_counter() - start:.0f} s")
+    if not args.quick and args.datasets is None:
+        # Train once, run on new cubes: the split-scene rows (benchmarks/split_scene.py), one seed.
+        from benchmarks.split_scene import run_split
+
+        start = time.perf_counter()
+        results["split_scene"] = run_split(1, args.preset)
+        log(f"split scene done in {time.perf_counter() - start:.0f} s")
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["total_s"] = time.perf_counter() - started
     (RESULTS / f"accuracy{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")

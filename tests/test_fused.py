@@ -36,11 +36,12 @@ from unmix.train.fused import (
     load_torch_networks,
     project_simplex,
     proximal_solve,
+    simplex_proximal,
     spd_inverse,
     spectral_norm_bound,
 )
 from unmix.train.models import HybridSTU, ResUNet
-from tests.test_pipeline import assert_physical, lipschitz_bound, make_scene, proximal
+from tests.test_pipeline import assert_physical, lipschitz_bound, make_scene, proximal, simplex_proximal_reference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,10 +89,10 @@ def abundance_edit(cube: np.ndarray, endmembers: np.ndarray, dc_weight: float):
 
     def edit(x0):
         a = (x0 + 1.0) / 2.0                                    # (N, p, h, w)
-        Ey = np.einsum("pb,nbhw->pnhw", E, cube)
-        a = proximal(E @ E.T, Ey, a.transpose(1, 0, 2, 3), dc_weight).transpose(1, 0, 2, 3)
-        a = project_simplex_numpy(a, axis=1)
-        return 2.0 * a - 1.0
+        n, p, h, w = a.shape
+        pixels = cube.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, E.shape[1])
+        a = simplex_proximal_reference(E @ E.T, E, pixels, a.transpose(0, 2, 3, 1).reshape(-1, p), dc_weight)
+        return 2.0 * a.reshape(n, h, w, p).transpose(0, 3, 1, 2) - 1.0
     return edit
 
 
@@ -151,6 +152,34 @@ def test_spd_inverse_reaches_float32_accuracy_up_to_the_largest_weight():
             assert error < 1e-6 + 1e-7 * (1 + weight * p), (p, weight, error)   # ~ eps32 * cond
 
 
+def test_simplex_proximal_reaches_the_constrained_minimiser_for_correlated_endmembers():
+    """ADMM's fixed iterations against the exact minimiser (FCLS of the stacked system), for spectra as
+    correlated as real ones (condition number of E E^T ~1e4) and every weight up to the largest; the
+    projection of the unconstrained minimiser, the step's former edit, is far off here."""
+    rng = np.random.default_rng(3)
+    p, bands, n = 4, 60, 3000
+    base = np.linspace(0.2, 0.6, bands)
+    E = np.stack([base * (1 + 0.15 * k) + 0.03 * np.sin(np.linspace(0, (k + 1) * 3.0, bands)) for k in range(p)])
+    truth = rng.dirichlet(np.full(p, 0.7), size=n)
+    cube = truth @ E + rng.normal(0, 0.005, (n, bands))
+    prior = np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1)
+    gram = torch.tensor(E @ E.T, dtype=torch.float32)
+    data = torch.tensor((cube @ E.T).T, dtype=torch.float32)
+    assert np.linalg.cond(E @ E.T) > 1e3
+    for weight in (0.0, 1.0, 30.0, MAX_DC_WEIGHT):
+        exact = simplex_proximal_reference(E @ E.T, E, cube, prior, weight)
+        with torch.no_grad():
+            solved = simplex_proximal(gram, torch.tensor([weight]), data, torch.tensor(prior.T, dtype=torch.float32))
+        solved = solved.double().numpy().T
+        assert solved.min() >= 0 and np.abs(solved.sum(axis=1) - 1).max() < 1e-5
+        assert np.abs(solved - exact).max() < 1e-2, weight
+        assert np.sqrt(np.mean((solved - exact) ** 2)) < 1e-3, weight
+        unconstrained = proximal(E @ E.T, (cube @ E.T).T, prior.T, weight).T
+        projected = project_simplex_numpy(unconstrained, axis=1)
+        if weight >= 30:
+            assert np.abs(projected - exact).max() > 0.05    # the former edit was not the minimiser
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 def test_abundance_step_equals_the_explicit_reference(prediction):
     schedule = Schedule(kind="cosine", T=1000, prediction=prediction)
@@ -183,8 +212,8 @@ def test_abundance_step_equals_the_explicit_reference(prediction):
             with torch.no_grad():
                 x0_hat = table[i, 7] * inputs[0] + table[i, 8] * step.unet(inputs[0], inputs[1])
                 a = ((x0_hat + 1) / 2).reshape(2, p, -1)
-                a = proximal_solve(inputs[5] @ inputs[5].T, inputs[6], inputs[5] @ inputs[4].reshape(2, bands, -1), a)
-                x0_new = 2 * project_simplex(a, dim=1).reshape(2, p, size, size) - 1
+                a = simplex_proximal(inputs[5] @ inputs[5].T, inputs[6], inputs[5] @ inputs[4].reshape(2, bands, -1), a)
+                x0_new = 2 * a.reshape(2, p, size, size) - 1
                 other_noise = step(*inputs[:3], torch.randn(x_t.shape), *inputs[4:]).numpy()
             np.testing.assert_allclose(fused, x0_new.numpy(), atol=1e-6, rtol=0)
             np.testing.assert_array_equal(other_noise, fused)     # sigma = 0: the noise is not used

@@ -17,6 +17,7 @@ import pytest
 from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
 from unmix.errors import InputError, UsageError
 from unmix.io.scene import Scene
+from unmix.physics.fcls import fcls
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
 from unmix.physics.synthetic import synthetic_scene
@@ -51,6 +52,20 @@ def proximal(gram: np.ndarray, data: np.ndarray, prior: np.ndarray, weight) -> n
     return solved.reshape(shape)
 
 
+def simplex_proximal_reference(gram: np.ndarray, endmembers: np.ndarray, cube_pixels: np.ndarray, prior: np.ndarray,
+                               weight) -> np.ndarray:
+    """``argmin_{a in simplex} w ||y - E^T a||^2 / s + ||a - prior||^2`` (s = trace(E E^T) / p) per pixel,
+    exactly, as FCLS of the stacked system ``[sqrt(w / s) E, I]`` against ``[sqrt(w / s) y, prior]``;
+    ``cube_pixels`` (n, B), ``prior`` (n, p); float64."""
+    w = float(np.asarray(weight).reshape(-1)[0])
+    E = np.asarray(endmembers, dtype=np.float64)
+    p = E.shape[0]
+    c = np.sqrt(w / max(float(np.trace(gram)) / p, 1e-12))
+    stacked = np.concatenate([c * E, np.eye(p)], axis=1)
+    pixels = np.concatenate([c * np.asarray(cube_pixels, np.float64), np.asarray(prior, np.float64)], axis=1)
+    return fcls(pixels, stacked, method="enumerate" if p <= 8 else "auto")
+
+
 def abundance_step_reference(x_t, out, coef, noise, cube, endmembers, dc_weight) -> np.ndarray:
     """One fused 2D step (unmix.train.fused.AbundanceStep's formulas) in float64; x (N, p, h, w)."""
     c = np.asarray(coef, dtype=np.float64)
@@ -58,10 +73,10 @@ def abundance_step_reference(x_t, out, coef, noise, cube, endmembers, dc_weight)
     E = np.asarray(endmembers, dtype=np.float64)
     x0 = c[7] * x_t + c[8] * np.asarray(out, dtype=np.float64)
     a = (x0 + 1.0) / 2.0
-    Ey = np.einsum("pb,nbhw->pnhw", E, np.asarray(cube, np.float64))
-    a = proximal(E @ E.T, Ey, a.transpose(1, 0, 2, 3), dc_weight).transpose(1, 0, 2, 3)
-    a = project_simplex(a, axis=1)
-    x0 = 2.0 * a - 1.0
+    n, p, h, w = a.shape
+    pixels = np.asarray(cube, np.float64).transpose(0, 2, 3, 1).reshape(-1, E.shape[1])
+    a = simplex_proximal_reference(E @ E.T, E, pixels, a.transpose(0, 2, 3, 1).reshape(-1, p), dc_weight)
+    x0 = 2.0 * a.reshape(n, h, w, p).transpose(0, 3, 1, 2) - 1.0
     eps = (x_t - c[2] * x0) / c[3]
     return c[4] * x0 + c[5] * eps + c[6] * np.asarray(noise, dtype=np.float64)
 
@@ -306,8 +321,8 @@ def test_point_prior_step_has_its_closed_form_and_data_consistency_lowers_the_re
     np.testing.assert_allclose(without.abundances, 1.0 / p, atol=1e-6)
     cube = scene.read().astype(np.float64)
     uniform = np.full(cube.shape[:2] + (p,), 1.0 / p)
-    solved = proximal(E32 @ E32.T, (cube @ E32.T).reshape(-1, p).T, uniform.reshape(-1, p).T, 1.0)
-    expected = project_simplex(solved.T.reshape(uniform.shape), axis=-1)
+    expected = simplex_proximal_reference(E32 @ E32.T, E32, cube.reshape(-1, bands), uniform.reshape(-1, p), 1.0)
+    expected = expected.reshape(uniform.shape)
     np.testing.assert_allclose(with_dc.abundances, expected, atol=2e-6)
     assert np.nanmean(with_dc.rmse) < 0.9 * np.nanmean(without.rmse)
 
@@ -479,3 +494,88 @@ def test_coefficient_table_drives_both_parametrisations():
     np.testing.assert_allclose(v.endmembers, eps.endmembers, rtol=1e-5, atol=1e-6)
     coefs = ddim_coefficients(SCHEDULE, ddim_timesteps(1000, 3, 200)).as_table()
     assert coefs[-1, 4] == 1.0 and coefs[-1, 5] == 0.0 and coefs[-1, 6] == 0.0
+
+
+# --- re-estimating the endmembers on a new cube (run_pipeline(reestimate=N)) --------------------------
+
+def _scene_with_holes(**kwargs) -> Scene:
+    """make_scene with a few pixels NaN in one band (invalid: never sampled)."""
+    scene = make_scene(**kwargs)
+    cube = scene.read()
+    cube[::7, ::5, 2] = np.nan
+    return Scene.from_array(cube, name="holes", endmembers=scene.endmembers, abundances=scene.abundances)
+
+
+def test_pixel_sample_is_the_smallest_keys_whatever_the_tiling():
+    from unmix.diffusion.noise import STREAM_PIXEL_SAMPLE, uniform_uint32
+    from unmix.runtime.pipeline import PixelSample
+
+    scene = _scene_with_holes(height=21, width=23)
+    cube = scene.read()
+    valid = np.isfinite(cube).all(axis=-1)
+    H, W, _ = cube.shape
+    # The oracle: every pixel's key at once, the 150 smallest among the valid ones.
+    words = uniform_uint32(9, STREAM_PIXEL_SAMPLE, 0, 0, np.arange(H), np.arange(W), 1)[:, :, 0].astype(np.uint64)
+    keys = ((words[..., 0] << np.uint64(32)) | words[..., 1])[valid]
+    rows, cols = np.nonzero(valid)
+    expected = np.stack([rows, cols], axis=1)[np.argsort(keys, kind="stable")[:150]]
+    samples = []
+    for tile, overlap in [(8, 3), (5, 0), (16, 15), (64, 0)]:
+        sample = PixelSample(150, W, seed=9)
+        for window in tile_grid(H, W, tile, overlap):
+            part = cube[window.rows, window.cols]
+            sample.add(window.row0, window.col0, np.nan_to_num(part), np.isfinite(part).all(axis=-1))
+        samples.append(sample)
+        np.testing.assert_array_equal(sample.coordinates(), expected)
+        np.testing.assert_array_equal(sample.pixels(), cube[expected[:, 0], expected[:, 1]])
+    assert len(samples[0].pixels()) == 150 and np.isfinite(samples[0].pixels()).all()
+    # More room than valid pixels: every valid pixel once.
+    everything = PixelSample(10_000, W, seed=9)
+    for window in tile_grid(H, W, 8, 3):
+        part = cube[window.rows, window.cols]
+        everything.add(window.row0, window.col0, np.nan_to_num(part), np.isfinite(part).all(axis=-1))
+    assert len(everything.pixels()) == valid.sum()
+    assert len({tuple(c) for c in everything.coordinates()}) == valid.sum()
+    with pytest.raises(UsageError, match="reestimate"):
+        PixelSample(99, W, seed=0)
+
+
+def test_reestimated_endmembers_beat_a_model_from_another_scene():
+    """The "model" knows the truth's endmembers perturbed by up to 20 % per band (trained elsewhere);
+    re-estimating on the cube comes closer to the truth in angle and in abundances, the same for two
+    tilings, and keeps the outputs physical."""
+    from unmix.physics.metrics import abundance_rmse, sad_degrees
+
+    scene = _scene_with_holes(height=40, width=40, bands=16, p=3, seed=3, snr_db=35.0)
+    E_true = scene.endmembers
+    E_model = E_true * (1.0 + np.random.default_rng(7).uniform(-0.2, 0.2, size=E_true.shape))
+    results = {}
+    for tile, overlap in [(8, 3), (16, 5)]:
+        nets = analytic_networks(E_model, scene.bands, tile)
+        cfg = PipelineConfig(steps=3, t0=100, tile=tile, overlap=overlap)
+        for reestimate in (None, 400):
+            results[tile, reestimate] = run_pipeline(scene, nets, SCHEDULE, cfg, endmembers=E_model,
+                                                     reestimate=reestimate)
+    model, new = results[8, None], results[8, 400]
+    for result in (model, new):
+        assert_physical(result, 3, scene.bands)
+    assert model.config["endmembers_source"] == "model" and model.config["reestimation"] is None
+    assert new.config["endmembers_source"] == "reestimated"
+    info = new.config["reestimation"]
+    assert info["sample_size"] == 400 and info["mode"] in ("minimum_volume", "pixels")
+    assert info["dc_weight_source"] == "noise" and new.config["dc_weight"] == info["dc_weight"] > 0
+    sad_model = sad_degrees(model.endmembers, E_true).mean()       # rows stay in the model's order
+    sad_new = sad_degrees(new.endmembers, E_true).mean()
+    assert sad_new < 0.5 * sad_model
+    valid = np.isfinite(new.abundances).all(axis=-1)
+    rmse_model = abundance_rmse(model.abundances[valid], scene.abundances[valid])
+    rmse_new = abundance_rmse(new.abundances[valid], scene.abundances[valid])
+    assert rmse_new < 0.7 * rmse_model
+    # The sample, hence E, does not depend on the tiling.
+    np.testing.assert_array_equal(results[16, 400].endmembers, new.endmembers)
+    # A weight the caller chose is kept.
+    kept = run_pipeline(scene, analytic_networks(E_model, scene.bands, 8), SCHEDULE,
+                        PipelineConfig(steps=3, t0=100, tile=8, overlap=3, dc_weight=50.0), endmembers=E_model,
+                        reestimate=400, keep_dc_weight=True)
+    assert kept.config["dc_weight"] == 50.0 and kept.config["reestimation"]["dc_weight_source"] == "config"
+    np.testing.assert_array_equal(kept.endmembers, new.endmembers)

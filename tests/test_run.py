@@ -270,3 +270,41 @@ def test_two_cubes_with_one_bundle_name_are_refused_before_any_work(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "would both write" in done.stderr and done.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_unmix_run_reestimates_endmembers_on_request(exported, tmp_path):
+    """--reestimate-endmembers without a number (N = 20000, more than the cube's 1440 pixels: all are
+    used) runs end to end without torch; the JSON summary and run.json say where E came from."""
+    header, _, model = exported
+    done = run_cli("main", header, "--model", model, "--out", tmp_path / "out", "--no-quicklook", "--json", "--quiet",
+                   "--reestimate-endmembers")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["runs"][0]
+    assert report["endmembers_source"] == "reestimated"
+    run = json.loads((tmp_path / "out" / "scene" / "scene.run.json").read_text(), parse_constant=_not_json)
+    validate_run_json(run)
+    settings = run["settings"]
+    assert settings["endmembers_source"] == "reestimated"
+    assert settings["reestimation"]["sample_size"] == 40 * 36 and settings["reestimation"]["sample_limit"] == 20000
+    assert settings["dc_weight"] == settings["reestimation"]["dc_weight"]
+    abundances = read_cube(tmp_path / "out" / "scene" / "scene.abund.hdr").read()
+    assert (abundances >= 0).all()
+    np.testing.assert_allclose(abundances.sum(-1), 1.0, atol=1e-5)
+    endmembers = np.loadtxt(tmp_path / "out" / "scene" / "scene.endmembers.csv", delimiter=",", skiprows=1)[:, 1:]
+    assert (endmembers >= 0).all()
+    # Without the option the model's endmembers are used, and the summary says so.
+    plain = run_cli("main", header, "--model", model, "--out", tmp_path / "plain", "--no-quicklook", "--json",
+                    "--quiet")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["runs"][0]["endmembers_source"] == "model"
+
+
+@pytest.mark.parametrize("value", ["99", "lots", "2e4", "0"])
+def test_unmix_run_refuses_a_bad_reestimate_sample(tmp_path, value):
+    """Refused with one sentence naming the option, before the model or the cube is read."""
+    done = subprocess.run([sys.executable, "-m", "unmix.runtime.cli", str(tmp_path / "scene.hdr"), "--model",
+                           str(tmp_path / "model"), f"--reestimate-endmembers={value}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--reestimate-endmembers: expected a whole number of pixels >= 100" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

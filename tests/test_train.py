@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from unmix.errors import InputError, UsageError
 from unmix.io.envi import write_cube
 from unmix.io.scene import Scene
+from unmix.runtime.pipeline import dc_weight_for_noise
 from unmix.train import data as train_data
 from unmix.train.checkpoint import load_checkpoint
 from unmix.train.config import TrainConfig, resolve_config
@@ -117,6 +118,12 @@ def test_fit_writes_a_checkpoint_that_loads(tmp_path):
     np.testing.assert_allclose(result.abundances.sum(-1), 1.0, atol=1e-5)
     assert (result.endmembers >= 0).all()
     assert not (tmp_path / "run" / ".train_state").exists()
+    # The data-consistency weight comes from the engine's noise estimate (w = s tau^2 / sigma^2).
+    engine = config["endmembers"]["engine"]
+    E = np.asarray(config["endmembers"]["estimated"])
+    expected = dc_weight_for_noise(E, engine["noise_rms"])
+    assert config["train"]["inference"]["dc_weight"] == pytest.approx(expected)
+    assert np.asarray(engine["spread"]).shape == (3, 24) and engine["mode"] in ("minimum_volume", "pixels")
     with torch.inference_mode():
         again = models["hybridstu"](torch.from_numpy(scene.read().transpose(2, 0, 1).copy())[None])[0]
     np.testing.assert_array_equal(again.permute(1, 2, 0).numpy(), result.abundances)

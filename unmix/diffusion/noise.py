@@ -22,7 +22,8 @@ The mapping from a noise value to Philox words (the C++ core mirrors it exactly)
   ``c2 = (channel // 4) | (stream << 24)`` (``channel // 4 < 2^24``, ``stream < 256``),
   ``c3 = (step << 16) | sample`` (``step < 65536``, ``sample < 65536``);
 - streams: 0 = 2D abundance noise (:data:`STREAM_ABUNDANCE`), 1 = 1D spectra noise
-  (:data:`STREAM_SPECTRA`); 2..255 reserved;
+  (:data:`STREAM_SPECTRA`), 2 = the pixel-sample keys of ``unmix-run --reestimate-endmembers``
+  (:data:`STREAM_PIXEL_SAMPLE`, raw words of :func:`uniform_uint32`); 3..255 reserved;
 - the four output words ``x0..x3`` become uniforms ``u_i = (x_i + 0.5) * 2^-32`` in float64 (exact,
   strictly inside (0, 1)); Box-Muller with ``TWO_PI = 6.283185307179586`` (2*pi rounded to double):
   ``r01 = sqrt(-2.0 * log(u0))``, ``z0 = r01 * cos(TWO_PI * u1)``, ``z1 = r01 * sin(TWO_PI * u1)``,
@@ -55,6 +56,7 @@ __all__ = [
     "PHILOX_W0",
     "PHILOX_W1",
     "STREAM_ABUNDANCE",
+    "STREAM_PIXEL_SAMPLE",
     "STREAM_SPECTRA",
     "TWO_PI",
     "counter_step",
@@ -72,6 +74,7 @@ ROUNDS = 10
 
 STREAM_ABUNDANCE = 0
 STREAM_SPECTRA = 1
+STREAM_PIXEL_SAMPLE = 2
 
 TWO_PI = 2.0 * math.pi  # 6.283185307179586, 0x401921FB54442D18
 _MASK32 = 0xFFFFFFFF

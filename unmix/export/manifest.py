@@ -86,6 +86,7 @@ def build_manifest(config: Mapping[str, Any], networks: Mapping[str, Mapping[str
     inference = dict(vars(InferenceConfig()))
     recorded = config.get("train", {}).get("inference", {}) if isinstance(config.get("train"), Mapping) else {}
     inference.update({k: v for k, v in dict(recorded).items() if k in inference})
+    inference = {k: v for k, v in inference.items() if v is not None}   # e.g. dc_weight of older checkpoints
     inference["tile"] = int(tile)
 
     return {
@@ -94,7 +95,8 @@ def build_manifest(config: Mapping[str, Any], networks: Mapping[str, Mapping[str
         "schedule": {**schedule.to_config(), "betas": schedule.betas.tolist()},
         "inference": inference,
         "sensor": {"bands": bands, "wavelengths": None if wavelengths is None else [float(w) for w in wavelengths]},
-        "endmembers": {"names": [str(n) for n in names], "spectra": [[float(v) for v in row] for row in spectra]},
+        "endmembers": {"names": [str(n) for n in names], "spectra": [[float(v) for v in row] for row in spectra],
+                       **_engine_uncertainty(members, endmembers, bands)},
         "versions": package_versions(),
         "export": dict(export),
         "source": {"checkpoint_format": config.get("format"),
@@ -103,3 +105,16 @@ def build_manifest(config: Mapping[str, Any], networks: Mapping[str, Mapping[str
                    "scene": (config.get("scene") or {}).get("name") if isinstance(config.get("scene"), Mapping)
                    else None},
     }
+
+
+def _engine_uncertainty(members: Mapping[str, Any], endmembers: int, bands: int) -> dict[str, Any]:
+    """The endmember engine's spread ``(p, B)`` and noise estimate, when the checkpoint records them."""
+    engine = members.get("engine") if isinstance(members.get("engine"), Mapping) else {}
+    out: dict[str, Any] = {}
+    spread = engine.get("spread")
+    if isinstance(spread, list) and len(spread) == endmembers and all(
+            isinstance(row, list) and len(row) == bands for row in spread):
+        out["spread"] = [[float(v) for v in row] for row in spread]
+    if isinstance(engine.get("noise_rms"), (int, float)):
+        out["noise_std"] = float(engine["noise_rms"])
+    return out

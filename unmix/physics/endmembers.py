@@ -50,7 +50,7 @@ from scipy import optimize, special
 from unmix.physics.vca import vca
 
 __all__ = ["EndmemberEstimate", "data_criterion", "estimate_endmembers", "estimate_noise", "misfit_ratio",
-           "simplex_criterion"]
+           "simplex_criterion", "spatial_means"]
 
 #: Pixels drawn (without replacement, seeded) for the criterion and the noise estimate.
 DEFAULT_SAMPLE = 6000
@@ -62,10 +62,21 @@ DEFAULT_STARTS = 6
 MISFIT_RATIO_LIMIT = 1.5
 #: Random directions whose extreme pixels are the archetypes' candidates.
 EXTREME_DIRECTIONS = 2000
+#: Window of :func:`spatial_means` (pixels). Synthetic earthlib scenes without pure pixels (smooth,
+#: purity <= 0.75, seeds 21/22, 64 x 64): p = 5 mean angle 3.41° / 1.34° at 20 dB and 1.62° / 0.61° at
+#: 30 dB on the pixels, 1.68° / 0.71° and 0.96° / 0.38° on 3 x 3 means, p = 3 unchanged (0.14-0.39°);
+#: 5 x 5 means were worse for p = 3 (0.30-0.68°).
+SPATIAL_WINDOW = 3
 #: Candidates within this relative margin of the best criterion form the spread.
 CANDIDATE_MARGIN = 0.05
 #: The noise estimate is floored at this fraction of the data's largest value (noise-free scenes).
 _NOISE_FLOOR = 1e-5
+#: The minimum-volume criterion measures distances in units of at least this fraction of the data's
+#: largest value (a ~45 dB noise level). Below it the facet term becomes a hard wall and the fit
+#: stalls on noise-free scenes: synthetic earthlib scenes (p = 5, smooth, purity <= 0.75, seeds
+#: 21/22) gave 1.98° / 1.80° mean angle noise-free against 0.49° / 0.34° at 40 dB; with this floor
+#: 0.32° / 0.23°, and the 40 dB and 30 dB scenes and p = 3 unchanged.
+CRITERION_RESOLUTION = 5e-3
 
 
 @dataclass
@@ -127,6 +138,11 @@ class _Subspace:
 
     def back(self, points: np.ndarray) -> np.ndarray:
         return self.mean + points @ self.U.T
+
+
+def _criterion_subspace(Y: np.ndarray, noise: np.ndarray, p: int) -> _Subspace:
+    """The whitened subspace of the minimum-volume criterion: noise floored at CRITERION_RESOLUTION."""
+    return _subspace(Y, np.maximum(noise, CRITERION_RESOLUTION * max(float(np.abs(Y).max()), 1e-12)), p)
 
 
 def _subspace(Y: np.ndarray, noise: np.ndarray, p: int) -> _Subspace:
@@ -296,7 +312,7 @@ def _minimum_volume(start: np.ndarray, points: np.ndarray, sub: _Subspace, fixed
 
 def estimate_endmembers(pixels: np.ndarray, p: int, *, known: np.ndarray | None = None,
                         start: np.ndarray | None = None, starts: int = DEFAULT_STARTS, seed: int = 0,
-                        sample: int = DEFAULT_SAMPLE) -> EndmemberEstimate:
+                        sample: int = DEFAULT_SAMPLE, smoothed: np.ndarray | None = None) -> EndmemberEstimate:
     """Endmembers (p, B) of (N, B) pixels, from the data alone (module docstring).
 
     Args:
@@ -307,6 +323,10 @@ def estimate_endmembers(pixels: np.ndarray, p: int, *, known: np.ndarray | None 
         starts: VCA seeds, each the start of one candidate of each family.
         seed: the first VCA seed and the pixel sample's seed.
         sample: at most this many pixels are used (a seeded draw).
+        smoothed: optional (M, B) spatially averaged pixels of the same scene (e.g. 3 x 3 means,
+            :func:`spatial_means`): the minimum-volume family is fitted to them (a third of the noise,
+            the same simplex where abundances vary smoothly); the family choice and the pixel family
+            use ``pixels``.
 
     Returns:
         An :class:`EndmemberEstimate`. Nothing about the truth enters: the choice is made by the
@@ -349,6 +369,9 @@ def estimate_endmembers(pixels: np.ndarray, p: int, *, known: np.ndarray | None 
         starting_sets.append(("start", np.maximum(start, 0.0)))
 
     if mode == "minimum_volume":
+        fitted = Y if smoothed is None else _sample(smoothed, p, seed, sample)[0]
+        sub = _criterion_subspace(fitted, noise if smoothed is None else estimate_noise(fitted), p)
+        points = sub.to(fitted)
         family, criteria = [], []
         for _, E in starting_sets:
             vertices = _minimum_volume(sub.to(E), points, sub, fixed)
@@ -437,7 +460,7 @@ def _pixel_residual(X: np.ndarray, spectra_pc: np.ndarray) -> float:
 
 
 def data_criterion(pixels: np.ndarray, endmembers: np.ndarray, *, seed: int = 0,
-                   sample: int = DEFAULT_SAMPLE) -> tuple[str, float]:
+                   sample: int = DEFAULT_SAMPLE, smoothed: np.ndarray | None = None) -> tuple[str, float]:
     """The engine's data criterion of any (p, B) endmembers on (N, B) pixels: ``(family, value)``.
 
     The family is the one :func:`estimate_endmembers` chooses on these pixels (same ``seed`` and
@@ -451,9 +474,27 @@ def data_criterion(pixels: np.ndarray, endmembers: np.ndarray, *, seed: int = 0,
     noise = estimate_noise(Y)
     sub = _subspace(Y, noise, p)
     if misfit_ratio(Y, sub, noise) <= MISFIT_RATIO_LIMIT:
-        return "minimum_volume", simplex_criterion(sub.to(E), sub.to(Y))
+        fitted = Y if smoothed is None else _sample(smoothed, p, seed, sample)[0]
+        sub = _criterion_subspace(fitted, noise if smoothed is None else estimate_noise(fitted), p)
+        return "minimum_volume", simplex_criterion(sub.to(E), sub.to(fitted))
     mean, basis = _principal(Y, p)
     return "pixels", _pixel_residual((Y - mean) @ basis, (E - mean) @ basis)
+
+
+def spatial_means(cube: np.ndarray, size: int = SPATIAL_WINDOW) -> np.ndarray:
+    """(M, B) means of every pixel's ``size`` x ``size`` neighbourhood of an (H, W, B) cube, over the
+    neighbours finite in every band (pixels with none are left out): the ``smoothed`` input of
+    :func:`estimate_endmembers`."""
+    from scipy.ndimage import uniform_filter
+
+    X = np.asarray(cube, dtype=np.float64)
+    if X.ndim != 3:
+        raise ValueError(f"spatial_means: cube must have shape (H, W, B), got {X.shape}")
+    valid = np.isfinite(X).all(axis=2)
+    weight = uniform_filter(valid.astype(np.float64), size=size, mode="constant")
+    total = uniform_filter(np.where(valid[..., None], X, 0.0), size=(size, size, 1), mode="constant")
+    keep = weight > 0.5 / size**2
+    return total[keep] / weight[keep][:, None]
 
 
 def misfit_ratio(Y: np.ndarray, sub: _Subspace, noise: np.ndarray) -> float:

@@ -76,6 +76,21 @@ class RayUnavailableError(UnmixError):
 #: maps on disk (:class:`unmix.io.diskarray.DiskArray`) rather than in memory; the environment variable
 #: ``UNMIX_MAPS_IN_MEMORY_MB`` overrides it (0: always on disk).
 MAPS_IN_MEMORY_MB = 64
+#: The pixel sample of ``--reestimate-endmembers`` given without a number.
+REESTIMATE_DEFAULT = 20000
+
+
+def _reestimate_sample(value: str | None) -> int | None:
+    """The N of ``--reestimate-endmembers [N]`` (None when the option is not given)."""
+    from unmix.runtime.pipeline import MIN_REESTIMATE_SAMPLE
+
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < MIN_REESTIMATE_SAMPLE:
+        raise UsageError(f"--reestimate-endmembers: expected a whole number of pixels >= {MIN_REESTIMATE_SAMPLE} "
+                         f"(or no value for {REESTIMATE_DEFAULT}), got {value!r}")
+    return int(text)
 
 
 def _maps_in_memory_bytes() -> float:
@@ -137,7 +152,8 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
             }
             bundle = write_bundle(out, scene, result, info, plot=plot)
         return {"cube": str(path), "bundle": str(bundle), "ok": True, "pixels": pixels,
-                "masked_pixels": masked, "seconds": info["wall_s"], "notes": result.notes}
+                "masked_pixels": masked, "seconds": info["wall_s"], "notes": result.notes,
+                "endmembers_source": result.config.get("endmembers_source")}
     except UnmixError as exc:
         return {"cube": cube, "ok": False, "error": str(exc), "exit_code": exc.exit_code}
     except OSError as exc:
@@ -248,6 +264,15 @@ def _backend_versions(backend: str) -> dict[str, str]:
               help="Stochastic samples S; S > 1 writes the uncertainty map (use with --eta > 0).")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None, help="DDIM stochasticity, 0..1.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Noise seed (default: the model's).")
+@click.option("--reestimate-endmembers", "reestimate", is_flag=False, flag_value=str(REESTIMATE_DEFAULT), default=None,
+              metavar="[N]",
+              help="Re-estimate the endmember spectra on each cube (the endmember engine, started from the "
+                   "model's) instead of using the model's as they are. Use it when the model was trained on "
+                   "another flight or scene of the same sensor. A deterministic sample of at most N pixels "
+                   f"(default {REESTIMATE_DEFAULT}, at least 100) is kept during the first pass, so memory is "
+                   "bounded by N spectra whatever the cube size; the data-consistency weight then follows the "
+                   "cube's estimated noise. run.json and --json record the endmember source. Give N, or put the "
+                   "option after the cubes, so that a cube is not read as N.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cubes processed in parallel (processes; with --ray, the CPUs of a local Ray instance).")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
@@ -259,8 +284,8 @@ def _backend_versions(backend: str) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @report_errors("unmix-run")
-def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, ray_address, no_quicklook, as_json,
-         quiet):
+def main(cubes, model, out, backend, threads, steps, samples, eta, seed, reestimate, jobs, ray_address, no_quicklook,
+         as_json, quiet):
     """Unmix ENVI CUBES with an exported model and write one output bundle per cube.
 
     Each bundle holds the abundance maps (ENVI, one band per endmember, map info kept), the endmember
@@ -269,6 +294,7 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, r
     """
     from unmix.runtime.manifest import load_manifest
 
+    reestimate = _reestimate_sample(reestimate)
     if ray_address is not None:
         _import_ray()     # a missing extra is refused before anything else
         if not ray_address.strip():
@@ -283,7 +309,7 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, jobs, r
         seen.setdefault(name, cube)
     load_manifest(model)  # refuse a bad model folder once, before any cube
     backend = backend or _default_backend()
-    overrides = {"steps": steps, "samples": samples, "eta": eta, "seed": seed}
+    overrides = {"steps": steps, "samples": samples, "eta": eta, "seed": seed, "reestimate": reestimate}
     if ray_address is not None:
         threads = threads or 1
     args = [(str(c), str(model), str(out), backend, threads, overrides, not no_quicklook,

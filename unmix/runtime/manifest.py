@@ -19,7 +19,8 @@
       "schedule": {"kind", "T", "beta_start", "beta_end", "prediction", "betas": [T floats]},
       "inference": {"steps", "t0", "eta", "samples", "rounds", "tile"},   # defaults for unmix-run
       "sensor": {"bands": B, "wavelengths": [B floats, nm] | null},
-      "endmembers": {"names": [p strings], "spectra": [[B floats] x p]},
+      "endmembers": {"names": [p strings], "spectra": [[B floats] x p],
+                     optional "spread": [[B floats] x p], optional "noise_std": float},
       "versions": {"unmix": "...", "torch": "...", ...},             # strings (or null)
       ...                                                           # optional: export, source
     }
@@ -146,6 +147,9 @@ class Manifest:
         inference: inference defaults ``{steps, t0, eta, samples, rounds, tile}``.
         bands: B, the sensor's band count; ``wavelengths``: ``(B,)`` float64 nm, or None.
         endmember_names: p names; ``endmembers``: ``(p, B)`` float32 spectra on the cube's scale.
+        endmember_spread: ``(p, B)`` float32 standard deviation of each endmember over the endmember
+            engine's candidate sets, or None; ``noise_std``: the training scene's estimated noise (RMS
+            over bands), or None. Both feed :func:`unmix.physics.uncertainty.propagated_uncertainty`.
         versions: package name -> version string (or None).
         data: the whole document as read.
     """
@@ -163,6 +167,8 @@ class Manifest:
     endmembers: np.ndarray
     versions: dict[str, Any]
     data: dict[str, Any] = field(repr=False)
+    endmember_spread: np.ndarray | None = None
+    noise_std: float | None = None
     _verified: set = field(default_factory=set, repr=False)
 
     @property
@@ -396,6 +402,20 @@ def parse_manifest(data: Any, model_dir: str | os.PathLike, path: str | os.PathL
         check.fail("endmembers.spectra", f"{len(names)} spectra (one per name)", spectra)
     endmembers = np.stack([check.numbers(row, f"endmembers.spectra[{k}]", bands)
                            for k, row in enumerate(spectra)]).astype(np.float32)
+    # Optional (older manifests have neither): the engine's per-endmember spread and noise estimate.
+    spread = endmembers_data.get("spread")
+    if spread is not None:
+        if not isinstance(spread, list) or len(spread) != len(names):
+            check.fail("endmembers.spread", f"{len(names)} spectra (one per name)", spread)
+        spread = np.stack([check.numbers(row, f"endmembers.spread[{k}]", bands)
+                           for k, row in enumerate(spread)]).astype(np.float32)
+        if (spread < 0).any():
+            check.fail("endmembers.spread", "non-negative standard deviations", show_got=False)
+    noise_std = endmembers_data.get("noise_std")
+    if noise_std is not None:
+        noise_std = check.number(noise_std, "endmembers.noise_std")
+        if not noise_std >= 0:
+            check.fail("endmembers.noise_std", "a non-negative number", noise_std)
 
     versions = check.mapping(data["versions"], "versions")
     for key, value in versions.items():
@@ -405,7 +425,7 @@ def parse_manifest(data: Any, model_dir: str | os.PathLike, path: str | os.PathL
     return Manifest(path=path, model_dir=model_dir, format=data["format"], networks=networks,
                     schedule=schedule, betas=betas, inference=dict(inference), bands=bands,
                     wavelengths=wavelengths, endmember_names=list(names), endmembers=endmembers,
-                    versions=dict(versions), data=data)
+                    versions=dict(versions), data=data, endmember_spread=spread, noise_std=noise_std)
 
 
 def load_manifest(model_dir: str | os.PathLike, verify: bool = False) -> Manifest:

@@ -6,14 +6,18 @@ Flow (DESIGN.md, "How unmix-run flows")::
     stats    A^T A (p, p) and A^T Y (p, B) over the valid pixels (a read of the cube in fixed blocks;
              only when E0 comes from them or the 1D loop runs)
     E0       the model's endmembers (learnt with HybridSTU, from the manifest) or, with
-             ``initial_endmembers="statistics"`` or no model spectra, non-negative least squares from the statistics
+             ``initial_endmembers="statistics"`` or no model spectra, non-negative least squares from the statistics;
+             with ``reestimate=N`` (not a PipelineConfig setting: the C++ runtime keeps the manifest's E),
+             pass 1 also keeps a bounded, tiling-independent sample of N valid pixels (:class:`PixelSample`)
+             and E0 is the endmember engine's estimate on it, started from (and ordered like) that E0;
+             the 2D step's weight then follows the new cube's noise (:func:`dc_weight_for_noise`)
     round r = 0..R-1:
       spectra  (refine_spectra) SDEdit of E: normalise, noise to ``spectra_t0``, ``spectra_steps``
                fused 1D DDIM steps whose proximal data consistency (weight ``spectra_dc_weight``)
                needs only A^T A and A^T Y
       pass 2   every tile, every sample s < S: x = 2 A - 1 noised to ``t0``, ``steps`` fused 2D DDIM
-               steps (proximal data consistency, weight ``dc_weight``, against the tile's Y with E
-               fixed; simplex projection);
+               steps (proximal data consistency on the simplex, weight ``dc_weight``, against the
+               tile's Y with E fixed; :func:`dc_weight_for_noise` sets it at training);
                mean (and spread) over the samples, blended and projected onto the simplex row
                band by row band, overwriting A in place (the scene's abundances are held once)
       stats    A^T A, A^T Y and the per-pixel RMSE of the blended A; round r + 1 refines E against
@@ -62,24 +66,52 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from unmix.diffusion.noise import STREAM_ABUNDANCE, counter_step, gaussian, spectra_noise
+from unmix.diffusion.noise import (STREAM_ABUNDANCE, STREAM_PIXEL_SAMPLE, counter_step, gaussian, spectra_noise,
+                                   uniform_uint32)
 from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
 from unmix.errors import InputError, UsageError, require_float, require_int
 from unmix.io.diskarray import DiskArray
 from unmix.io.scene import Scene
+from unmix.physics.endmembers import estimate_endmembers
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
+from unmix.physics.uncertainty import propagated_uncertainty
 from unmix.runtime.network import Network, call_network, check_network, pipeline_specs
 from unmix.runtime.tiling import Blender, Tile, pad_to_tile, row_blocks, tile_grid
 
-__all__ = ["PipelineConfig", "PipelineResult", "ProgressCallback", "STATISTICS_BLOCK", "predict_abundances",
-           "run_pipeline"]
+__all__ = ["MIN_REESTIMATE_SAMPLE", "PipelineConfig", "PipelineResult", "PixelSample", "ProgressCallback",
+           "STATISTICS_BLOCK", "dc_weight_for_noise", "predict_abundances", "run_pipeline"]
 
 STATISTICS_BLOCK = 256
 _MIN_SCALE = 1e-6
 #: The largest data-consistency weight (keeps ``w G + I`` well conditioned in float32: cond <= 1 + w p).
 MAX_DC_WEIGHT = 1000.0
 INITIAL_ENDMEMBERS = ("model", "statistics")
+#: tau, the abundance error assumed for the 2D prior's estimate in :func:`dc_weight_for_noise` (the
+#: size of the CNN start's error that the prior refines: 0.08-0.12 aRMSE on the benchmark scenes).
+PRIOR_ABUNDANCE_STD = 0.1
+#: The smallest pixel sample ``reestimate`` accepts: fewer spectra pin down neither the noise estimate
+#: (a regression of each band on the others) nor a simplex's facets.
+MIN_REESTIMATE_SAMPLE = 100
+
+
+def dc_weight_for_noise(endmembers: np.ndarray, noise_std: float) -> float:
+    """The 2D step's data-consistency weight from the scene's noise level.
+
+    The step solves ``min_a w ||y - E^T a||^2 / s + ||a - a_hat||^2`` over the simplex
+    (``s = trace(E E^T) / p``). That is the maximum a posteriori estimate for white noise of standard
+    deviation sigma per band and a Gaussian prior of standard deviation tau around the denoiser's
+    ``a_hat`` when ``w / s = tau^2 / sigma^2``, so ``w = s tau^2 / sigma^2`` (tau =
+    :data:`PRIOR_ABUNDANCE_STD`), clipped to ``[0, MAX_DC_WEIGHT]``. High SNR gives the largest weight
+    (the step is FCLS up to the prior's pull in the few directions the data cannot see); low SNR lets
+    the prior speak. ``noise_std`` is the RMS over bands of the per-band noise (e.g.
+    :func:`unmix.physics.endmembers.estimate_noise`), in the endmembers' units.
+    """
+    E = np.asarray(endmembers, dtype=np.float64)
+    s = float(np.trace(E @ E.T)) / E.shape[0]
+    sigma2 = max(float(noise_std) ** 2, 1e-30)
+    return float(min(max(s * PRIOR_ABUNDANCE_STD ** 2 / sigma2, 0.0), MAX_DC_WEIGHT))
+
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``"cnn"`` (pass-1 tiles), ``"spectra"`` (1D DDIM steps over
@@ -288,6 +320,88 @@ def _statistics(scene: Scene, abundances: np.ndarray, endmembers: np.ndarray | N
     return AtA, AtY, count, mask, rmse
 
 
+class PixelSample:
+    """At most ``size`` valid pixel spectra of a scene, the same whatever the tiling, in bounded memory.
+
+    Why this rule: the endmember engine needs a uniform sample of the cube, pass 1 sees the cube only
+    tile by tile (tiles overlap, and their layout depends on the settings), and memory must not grow
+    with the scene. Each pixel gets a 64-bit key, Philox words 0 and 1 at its GLOBAL (row, col) under
+    the run's seed (:data:`unmix.diffusion.noise.STREAM_PIXEL_SAMPLE`, step 0, sample 0); the sample is
+    the ``size`` valid pixels with the smallest keys (ties, which need a 64-bit collision, broken by
+    the flat index), i.e. a uniform draw without replacement that depends on the seed and the pixels
+    only. A pixel seen by several tiles has one key and is kept once. At most about ``2 * size`` spectra
+    plus one tile are held: candidates are compacted back to ``size`` whenever ``size`` more arrive.
+    A pixel counts as valid when it is finite in every band.
+    """
+
+    def __init__(self, size: int, width: int, seed: int):
+        self.size = require_int(size, "reestimate", MIN_REESTIMATE_SAMPLE)
+        self.width = int(width)
+        self.seed = int(seed)
+        self._keys = np.zeros(0, dtype=np.uint64)
+        self._index = np.zeros(0, dtype=np.int64)
+        self._spectra: np.ndarray | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_count = 0
+        self._threshold: np.uint64 | None = None    # the size-th smallest key, once size pixels are held
+
+    def add(self, row0: int, col0: int, cube: np.ndarray, valid: np.ndarray) -> None:
+        """Offer a window's pixels: ``cube`` (h, w, B) with its top-left pixel at global (row0, col0),
+        ``valid`` (h, w) bool (only these are kept)."""
+        h, w = valid.shape
+        words = uniform_uint32(self.seed, STREAM_PIXEL_SAMPLE, 0, 0, np.arange(row0, row0 + h),
+                               np.arange(col0, col0 + w), 1)[:, :, 0].astype(np.uint64)
+        keys = (words[..., 0] << np.uint64(32)) | words[..., 1]
+        keep = valid if self._threshold is None else valid & (keys <= self._threshold)
+        if not keep.any():
+            return
+        rows, cols = np.nonzero(keep)
+        index = (rows + row0).astype(np.int64) * self.width + (cols + col0)
+        self._pending.append((keys[keep], index, np.asarray(cube[keep], dtype=np.float32)))
+        self._pending_count += len(index)
+        if self._pending_count >= self.size:
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        parts = list(zip(*self._pending))
+        keys = np.concatenate([self._keys, *parts[0]])
+        index = np.concatenate([self._index, *parts[1]])
+        held = [] if self._spectra is None else [self._spectra]
+        spectra = np.concatenate(held + list(parts[2]))
+        order = np.lexsort((index, keys))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = index[order][1:] != index[order][:-1]     # the same pixel again (an overlap)
+        chosen = order[first][: self.size]
+        self._keys, self._index, self._spectra = keys[chosen], index[chosen], spectra[chosen]
+        self._pending, self._pending_count = [], 0
+        if len(self._keys) == self.size:
+            self._threshold = self._keys[-1]
+
+    def pixels(self) -> np.ndarray:
+        """(n, B) float32 spectra, n <= size, in key order."""
+        self._compact()
+        return np.zeros((0, 0), dtype=np.float32) if self._spectra is None else self._spectra
+
+    def coordinates(self) -> np.ndarray:
+        """(n, 2) int64 global (row, col) of :meth:`pixels`, in the same order."""
+        self._compact()
+        return np.stack([self._index // self.width, self._index % self.width], axis=1)
+
+
+def _order_like(reference: np.ndarray, spectra: np.ndarray) -> np.ndarray:
+    """The permutation of ``spectra``'s rows that matches ``reference``'s rows by spectral angle
+    (Hungarian): the networks' abundance channels follow the reference's order, so a new estimate must
+    too."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+    b = spectra / np.maximum(np.linalg.norm(spectra, axis=1, keepdims=True), 1e-12)
+    rows, cols = linear_sum_assignment(-(a @ b.T))
+    return cols[np.argsort(rows)]
+
+
 def _hybridstu_shape(network: Any, scene: Scene) -> tuple[int, int]:
     """(p, T) from HybridSTU's declared shapes; refuses a band count that differs from the cube's."""
     cube_spec = getattr(network, "inputs", {}).get("cube")
@@ -303,8 +417,11 @@ def _hybridstu_shape(network: Any, scene: Scene) -> tuple[int, int]:
 
 
 def _first_pass(calls: _Calls, scene: Scene, grid: list[Tile], p: int, tile: int, overlap: int,
-                progress: Callable[[], None], allocate: Allocate = _in_memory) -> tuple[np.ndarray, bool]:
-    """Pass 1: HybridSTU over every tile, blended: (H, W, p) float32, and whether any pixel is valid."""
+                progress: Callable[[], None], allocate: Allocate = _in_memory,
+                sample: PixelSample | None = None) -> tuple[np.ndarray, bool]:
+    """Pass 1: HybridSTU over every tile, blended: (H, W, p) float32, and whether any pixel is valid.
+
+    ``sample``, when given, is offered every tile's pixels (this pass reads them all anyway)."""
     H, W, _ = scene.shape
     abundances = allocate("abundances", (H, W, p))
 
@@ -316,6 +433,8 @@ def _first_pass(calls: _Calls, scene: Scene, grid: list[Tile], p: int, tile: int
     for window in grid:
         cube, valid = _read(scene, window)
         any_valid = any_valid or bool(valid.any())
+        if sample is not None:
+            sample.add(window.row0, window.col0, cube, valid)
         out = calls("hybridstu", {"cube": _channels_first(cube, tile)}, "abundances")
         blender.add(window, out[0].transpose(1, 2, 0)[: window.height, : window.width])
         progress()
@@ -446,7 +565,9 @@ def _counter(progress: ProgressCallback | None, stage: str, total: int) -> Calla
 
 def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedule,
                  config: PipelineConfig | None = None, progress: ProgressCallback | None = None,
-                 endmembers: np.ndarray | None = None, workspace: str | Path | None = None) -> PipelineResult:
+                 endmembers: np.ndarray | None = None, workspace: str | Path | None = None,
+                 reestimate: int | None = None, keep_dc_weight: bool = False,
+                 endmember_spread: np.ndarray | None = None, noise_std: float | None = None) -> PipelineResult:
     """Unmix ``scene`` with the three networks (module docstring for the flow and conventions).
 
     Args:
@@ -459,13 +580,27 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         progress: optional ``progress(stage, done, total)`` callback.
         endmembers: optional (p, B) model endmembers (the manifest's), the starting point when
             ``config.initial_endmembers == "model"``; without them E0 comes from the statistics.
+        endmember_spread, noise_std: the model's endmember spread (p, B) and noise estimate
+            (``Manifest.endmember_spread``, ``Manifest.noise_std``); with ``noise_std`` the uncertainty map
+            adds, in quadrature, the noise and the endmembers' spread propagated through the abundance
+            step (:func:`unmix.physics.uncertainty.propagated_uncertainty`), and exists also for one sample.
         workspace: optional existing folder: the scene-sized maps (abundances, RMSE, uncertainty) are
             then :class:`unmix.io.diskarray.DiskArray` files there instead of arrays in memory, so
             memory does not grow with the scene (``np.asarray`` reads one whole). The folder must
             outlive the result.
+        reestimate: optional N >= :data:`MIN_REESTIMATE_SAMPLE`: re-estimate the endmembers on this cube
+            (for a model trained on another flight or scene of the same sensor). Pass 1 keeps a
+            :class:`PixelSample` of at most N valid pixels; E0 becomes
+            :func:`unmix.physics.endmembers.estimate_endmembers` on it, started from the E0 above and
+            put in its order (the networks' abundance channels follow it). Memory grows with N, not
+            with the scene. Not a :class:`PipelineConfig` setting: the C++ runtime keeps the manifest's E.
+        keep_dc_weight: with ``reestimate``, keep ``config.dc_weight`` (the caller chose it) instead of
+            :func:`dc_weight_for_noise` of the new E and the new cube's noise.
 
     Returns:
-        A :class:`PipelineResult`.
+        A :class:`PipelineResult`; its ``config`` records ``endmembers_source`` (``"model"``,
+        ``"statistics"`` or ``"reestimated"``) and, with ``reestimate``, ``reestimation`` (the engine's
+        mode, misfit ratio, seconds, sample size, noise and the weight used).
     """
     started = time.perf_counter()
     cfg = PipelineConfig() if config is None else config
@@ -491,6 +626,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         endmembers = np.asarray(endmembers, dtype=np.float64)
         if endmembers.shape != (p, B) or not np.isfinite(endmembers).all() or (endmembers < 0).any():
             raise UsageError(f"endmembers must be a finite non-negative ({p}, {B}) array, got shape {endmembers.shape}")
+    sample = None if reestimate is None else PixelSample(reestimate, W, cfg.seed)
 
     calls = _Calls(networks)
     timings: dict[str, float] = {}
@@ -500,7 +636,7 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
     t = time.perf_counter()
     allocate = _in_memory if workspace is None else _on_disk(workspace)
     abundances, any_valid = _first_pass(calls, scene, grid, p, T, cfg.overlap, _counter(progress, "cnn", len(grid)),
-                                        allocate)
+                                        allocate, sample)
     if not any_valid:
         raise InputError(f"{scene.source or scene.name}: no pixel is finite in every band; nothing to unmix")
     timings["cnn_s"] = time.perf_counter() - t
@@ -514,6 +650,15 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         AtA, AtY, count, mask, _ = _statistics(scene, abundances, None)
     E = endmembers if from_model else endmembers_from_abundances(AtA, AtY)
     timings["statistics_s"] = time.perf_counter() - t
+    reestimation = None
+    if sample is not None:
+        t = time.perf_counter()
+        E, reestimation = _reestimate(scene, sample, E, cfg, keep_dc_weight)
+        # The uncertainty then follows the new estimate: its spread and this cube's noise.
+        endmember_spread = reestimation.pop("spread")
+        noise_std = None if noise_std is None else reestimation["noise_rms"]
+        cfg = dataclasses.replace(cfg, dc_weight=reestimation["dc_weight"])
+        timings["reestimate_s"] = time.perf_counter() - t
     timings["spectra_s"] = 0.0
     timings["refine_s"] = 0.0
 
@@ -542,6 +687,19 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
                                                  allocate=allocate)
         timings["statistics_s"] += time.perf_counter() - t
 
+    if noise_std is not None:
+        # The noise and the endmembers' spread propagated through the abundance step
+        # (unmix.physics.uncertainty), added in quadrature to the samples' spread, row block by row block.
+        t = time.perf_counter()
+        samples_spread = uncertainty
+        if uncertainty is None:
+            uncertainty = allocate("uncertainty", (H, W))
+        for rows in row_blocks(H, STATISTICS_BLOCK):
+            propagated = propagated_uncertainty(np.asarray(abundances[rows]), E, endmember_spread, noise_std)
+            if samples_spread is not None:
+                propagated = np.sqrt(np.asarray(samples_spread[rows], dtype=np.float64) ** 2 + propagated ** 2)
+            uncertainty[rows] = propagated.astype(np.float32)
+        timings["uncertainty_s"] = time.perf_counter() - t
     for array in (abundances, uncertainty, per_endmember):
         if array is not None:
             _mask_invalid(array, mask)
@@ -559,8 +717,34 @@ def run_pipeline(scene: Scene, networks: Mapping[str, Network], schedule: Schedu
         "tiles": len(grid),
         "valid_pixels": int(mask.sum()),
         "initial_endmembers_used": "model" if from_model else "statistics",
+        "endmembers_source": "reestimated" if reestimation else ("model" if from_model else "statistics"),
+        "reestimation": reestimation,
         "maps_on_disk": workspace is not None,
+        "uncertainty": ("samples" if cfg.samples > 1 else "none") if noise_std is None else
+                       ("samples + propagated" if cfg.samples > 1 else "propagated"),
     })
     return PipelineResult(abundances=abundances, endmembers=E.astype(np.float32), rmse=rmse,
                           uncertainty=uncertainty, timings=timings, config=settings,
                           uncertainty_per_endmember=per_endmember)
+
+
+def _reestimate(scene: Scene, sample: PixelSample, start: np.ndarray, cfg: PipelineConfig,
+                keep_dc_weight: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """The endmember engine on pass 1's pixel sample, started from ``start`` (p, B) and put in its
+    order; returns the (p, B) float64 E >= 0 and what was done (for the result's config)."""
+    pixels = sample.pixels()
+    p = start.shape[0]
+    if len(pixels) < max(2 * p, MIN_REESTIMATE_SAMPLE):
+        raise InputError(f"{scene.source or scene.name}: re-estimating {p} endmembers needs at least "
+                         f"{max(2 * p, MIN_REESTIMATE_SAMPLE)} pixels finite in every band, the cube has {len(pixels)}")
+    estimate = estimate_endmembers(pixels, p, start=start, seed=cfg.seed)
+    order = _order_like(start, estimate.endmembers)
+    E = np.maximum(estimate.endmembers[order], 0.0)
+    noise_rms = float(np.sqrt(np.mean(estimate.noise ** 2)))
+    weight = cfg.dc_weight if keep_dc_weight else dc_weight_for_noise(E, noise_rms)
+    return E, {"mode": estimate.mode, "misfit_ratio": float(estimate.misfit_ratio),
+               "seconds": float(estimate.details.get("seconds", 0.0)), "sample_size": int(len(pixels)),
+               "sample_limit": sample.size, "pixels_used": int(estimate.details.get("pixels_used", len(pixels))),
+               "noise_rms": noise_rms, "dc_weight": float(weight),
+               "dc_weight_source": "config" if keep_dc_weight else "noise",
+               "spread": estimate.spread[order]}

@@ -76,10 +76,15 @@ class Unmixer:
         return PipelineConfig.from_dict({k: v for k, v in defaults.items() if k in known}, **chosen)
 
     def run(self, cube: Scene | np.ndarray | str | Path, progress: ProgressCallback | None = None,
-            workspace: str | Path | None = None, **overrides: Any) -> Result:
+            workspace: str | Path | None = None, reestimate: int | None = None, **overrides: Any) -> Result:
         """Unmix a Scene, an (H, W, B) reflectance array, or an ENVI file path.
 
         ``overrides`` are inference settings (``steps``, ``samples``, ``eta``, ``seed``, ...).
+        ``reestimate``: N >= 100 re-estimates the endmembers on this cube from a sample of at most N
+        pixels, starting from the model's (for a model trained on another flight or scene of the same
+        sensor; :func:`unmix.runtime.pipeline.run_pipeline`); the 2D step's weight then follows the
+        cube's noise unless ``dc_weight`` is among the overrides. ``result.config["endmembers_source"]``
+        says which endmembers were used.
         ``workspace``: an existing folder that outlives the result, where the scene-sized maps are kept
         as :class:`unmix.io.diskarray.DiskArray` files (``np.asarray`` reads one) instead of in memory.
         """
@@ -89,7 +94,9 @@ class Unmixer:
         if config.tile != self._tile():
             raise UsageError(f"tile {config.tile} differs from the exported networks' tile {self._tile()}")
         result = run_pipeline(scene, self.networks, self.schedule, config, progress=progress,
-                              endmembers=self.manifest.endmembers, workspace=workspace)
+                              endmembers=self.manifest.endmembers, workspace=workspace, reestimate=reestimate,
+                              keep_dc_weight=overrides.get("dc_weight") is not None,
+                              endmember_spread=self.manifest.endmember_spread, noise_std=self.manifest.noise_std)
         return Result(abundances=result.abundances, endmembers=result.endmembers,
                       names=list(self.manifest.endmember_names), rmse=result.rmse,
                       uncertainty=result.uncertainty, timings=result.timings, config=result.config, notes=notes)

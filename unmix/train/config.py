@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unmix.errors import InputError, MissingInputError, UsageError
-from unmix.runtime.pipeline import PipelineConfig
+from unmix.runtime.pipeline import MAX_DC_WEIGHT, PipelineConfig
 
 
 @dataclass
@@ -71,6 +71,8 @@ class InferenceConfig:
     samples: int = PipelineConfig.samples
     rounds: int = PipelineConfig.rounds
     tile: int = PipelineConfig.tile
+    #: None: set at training from the scene's estimated noise (unmix.runtime.pipeline.dc_weight_for_noise)
+    dc_weight: float | None = None
 
 
 @dataclass
@@ -98,7 +100,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "spectra": {"steps": 150, "base_channels": 16},
         "abundance": {"steps": 150, "batch": 16},
     },
-    "default": {},
+    "default": {
+        "cnn": {"steps": 350},
+        "spectra": {"steps": 150},
+        "abundance": {"steps": 300},
+    },
     "full": {
         "cnn": {"steps": 3000, "vca_seeds": 10, "crop": 64},
         "spectra": {"steps": 4000, "base_channels": 48},
@@ -113,6 +119,9 @@ def _apply(target: Any, overrides: dict[str, Any], where: str) -> None:
         if key not in known:
             raise UsageError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
         current = getattr(target, key)
+        if current is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(target, key, float(value))     # an optional number (None: derived at training)
+            continue
         if hasattr(current, "__dataclass_fields__"):
             if not isinstance(value, dict):
                 raise UsageError(f"{where}: [{key}] must be a table of settings, got {value!r}")
@@ -166,5 +175,8 @@ def _validate(config: TrainConfig) -> None:
         raise UsageError(f"[schedule] kind must be 'linear' or 'cosine', got {config.schedule.kind!r}")
     if config.schedule.prediction not in ("epsilon", "v"):
         raise UsageError(f"[schedule] prediction must be 'epsilon' or 'v', got {config.schedule.prediction!r}")
+    weight = config.inference.dc_weight
+    if weight is not None and not 0.0 <= weight <= MAX_DC_WEIGHT:
+        raise UsageError(f"[inference] dc_weight must be in [0, {MAX_DC_WEIGHT:g}], got {weight}")
     if not 0 < config.inference.t0 < config.schedule.T:
         raise UsageError(f"[inference] t0 must be in 1..{config.schedule.T - 1}, got {config.inference.t0}")

@@ -66,18 +66,21 @@ def prepare_scene(scene: Scene, endmembers: int, wavelengths: np.ndarray | None 
 
 
 def initial_endmembers(pixels: np.ndarray, endmembers: int, seeds: int, seed: int = 0,
-                       known: np.ndarray | None = None, sample: int = 4096
+                       known: np.ndarray | None = None, sample: int = 4096, smoothed: np.ndarray | None = None
                        ) -> tuple[np.ndarray, float, dict]:
     """Endmembers (p, B) from the endmember engine (:func:`unmix.physics.endmembers.estimate_endmembers`,
-    ``seeds`` VCA starts); ``known`` (k, B) spectra are kept as the first k endmembers.
+    ``seeds`` VCA starts); ``known`` (k, B) spectra are kept as the first k endmembers; ``smoothed``:
+    the scene's 3 x 3 spatial means (:func:`unmix.physics.endmembers.spatial_means`), which the
+    minimum-volume family is fitted to.
 
     Returns the endmembers, their FCLS reconstruction RMSE on a pixel sample (a proxy for the scene's
     noise level, used for the synthetic mixtures) and the engine's summary (mode, misfit ratio,
-    criterion, per-endmember spread).
+    criterion, per-endmember spread, RMS over bands of the estimated noise).
     """
     from unmix.physics.endmembers import estimate_endmembers
 
-    estimate = estimate_endmembers(pixels, endmembers, known=known, starts=max(1, seeds), seed=seed)
+    estimate = estimate_endmembers(pixels, endmembers, known=known, starts=max(1, seeds), seed=seed,
+                                   smoothed=smoothed)
     best = estimate.endmembers.astype(np.float32)
     rng = np.random.default_rng(seed)
     subset = pixels if len(pixels) <= sample else pixels[rng.choice(len(pixels), sample, replace=False)]
@@ -85,7 +88,8 @@ def initial_endmembers(pixels: np.ndarray, endmembers: int, seeds: int, seed: in
     rmse = float(np.sqrt(np.mean((subset - abundances @ best) ** 2)))
     summary = {"mode": estimate.mode, "misfit_ratio": estimate.misfit_ratio, "criterion": estimate.criterion,
                "candidates": len(estimate.candidates), "seconds": estimate.details["seconds"],
-               "spread": estimate.spread.astype(np.float32).tolist()}
+               "spread": estimate.spread.astype(np.float32).tolist(),
+               "noise_rms": float(np.sqrt(np.mean(estimate.noise ** 2)))}
     return best, rmse, summary
 
 

@@ -19,6 +19,7 @@ Every stage is seeded per step, checkpointed atomically, and resumable after a k
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -37,6 +38,8 @@ import torch.distributed as dist
 from unmix.diffusion.schedule import Schedule
 from unmix.errors import InputError, MissingInputError, UsageError
 from unmix.io.scene import Scene
+from unmix.physics.endmembers import data_criterion, spatial_means
+from unmix.runtime.pipeline import dc_weight_for_noise
 from unmix.train import data as train_data
 from unmix.train.checkpoint import load_checkpoint, save_checkpoint
 from unmix.train.config import TrainConfig, resolve_config
@@ -222,8 +225,9 @@ def fit(
             if known.ndim != 2 or known.shape[1] != prepared.cube.shape[2] or len(known) > endmembers:
                 raise UsageError(f"known spectra must have shape (k <= {endmembers}, {prepared.cube.shape[2]}), "
                                  f"got {known.shape}")
+        smoothed = spatial_means(np.where(prepared.mask[..., None], prepared.cube, np.nan))
         e0, noise_std, engine = train_data.initial_endmembers(prepared.valid_pixels, endmembers, cfg.cnn.vca_seeds,
-                                                              cfg.seed, known)
+                                                              cfg.seed, known, smoothed=smoothed)
     names = list(known_names or []) + [f"endmember_{k + 1}" for k in range(len(known_names or []), endmembers)]
     say(f"{scene.name}: {prepared.cube.shape[0]}x{prepared.cube.shape[1]} px, {prepared.cube.shape[2]} bands, "
         f"p={endmembers}; initial endmembers from the engine ({engine.get('mode', '?')} family, misfit ratio "
@@ -242,6 +246,8 @@ def fit(
                              num_res_blocks=cfg.abundance.num_res_blocks),
     }
     endmember_param = torch.tensor(e0, dtype=torch.float32)
+    valid_pixels = prepared.valid_pixels
+    models["hybridstu"].standardize_input(valid_pixels.mean(axis=0), valid_pixels.std(axis=0))
     if previous is not None:
         for name in STAGES:
             if name not in run_stages:
@@ -263,10 +269,16 @@ def fit(
         timings["cnn_s"] = time.perf_counter() - t
     endmembers_est = endmember_param.detach().cpu().numpy().astype(np.float32)
     if "cnn" in run_stages and previous is None and not np.array_equal(endmembers_est, e0):
-        endmembers_est, engine["joint_learning"] = _keep_better(prepared.valid_pixels, e0, endmembers_est, cfg.seed)
+        endmembers_est, engine["joint_learning"] = _keep_better(prepared.valid_pixels, e0, endmembers_est, cfg.seed,
+                                                                smoothed)
         say(f"endmembers: {engine['joint_learning']['kept']} kept (data criterion: engine "
             f"{engine['joint_learning']['engine']:.5g}, learnt {engine['joint_learning']['learnt']:.5g})")
     abundances = _predict_abundances(models["hybridstu"], cube_t)
+    if cfg.inference.dc_weight is None and "noise_rms" in engine:
+        weight = dc_weight_for_noise(endmembers_est, engine["noise_rms"])
+        cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, dc_weight=weight))
+        say(f"data-consistency weight {cfg.inference.dc_weight:.4g} from the estimated noise "
+            f"({engine['noise_rms']:.3g} RMS)")
 
     # 3. The 1D spectra prior.
     library_note = "not trained in this run"
@@ -316,12 +328,12 @@ def fit(
     return FitResult(out_dir=out_dir, endmembers=endmembers_est, abundances=abundances, summary=summary)
 
 
-def _keep_better(pixels: np.ndarray, engine: np.ndarray, learnt: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+def _keep_better(pixels: np.ndarray, engine: np.ndarray, learnt: np.ndarray, seed: int,
+                 smoothed: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The engine's or the jointly learnt endmembers, whichever the engine's data criterion prefers."""
-    from unmix.physics.endmembers import data_criterion
 
-    family, before = data_criterion(pixels, engine, seed=seed)
-    _, after = data_criterion(pixels, learnt, seed=seed)
+    family, before = data_criterion(pixels, engine, seed=seed, smoothed=smoothed)
+    _, after = data_criterion(pixels, learnt, seed=seed, smoothed=smoothed)
     kept = "learnt" if after < before else "engine"
     return (learnt if kept == "learnt" else engine), {"family": family, "engine": before, "learnt": after,
                                                       "kept": kept}
