@@ -261,7 +261,8 @@ def _backend_versions(backend: str) -> dict[str, str]:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per cube.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps K (default: the model's).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
-              help="Stochastic samples S; S > 1 writes the uncertainty map (use with --eta > 0).")
+              help="Stochastic samples S; S > 1 adds their spread to the uncertainty map (use with --eta > 0), "
+                   "which otherwise holds the noise and endmember spread propagated to the abundances.")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None, help="DDIM stochasticity, 0..1.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Noise seed (default: the model's).")
 @click.option("--reestimate-endmembers", "reestimate", is_flag=False, flag_value=str(REESTIMATE_DEFAULT), default=None,
