@@ -140,9 +140,16 @@ class _Subspace:
         return self.mean + points @ self.U.T
 
 
-def _criterion_subspace(Y: np.ndarray, noise: np.ndarray, p: int) -> _Subspace:
-    """The whitened subspace of the minimum-volume criterion: noise floored at CRITERION_RESOLUTION."""
-    return _subspace(Y, np.maximum(noise, CRITERION_RESOLUTION * max(float(np.abs(Y).max()), 1e-12)), p)
+def _criterion_points(Y: np.ndarray, noise: np.ndarray, p: int, smoothed: np.ndarray | None, seed: int,
+                      sample: int) -> tuple[_Subspace, np.ndarray]:
+    """The minimum-volume criterion's whitened subspace and points: ``smoothed`` (sampled like the pixels,
+    its own noise estimate) when given, else ``Y`` with ``noise``; the noise floored at
+    CRITERION_RESOLUTION of the data's largest value."""
+    if smoothed is not None:
+        Y = _sample(smoothed, p, seed, sample)[0]
+        noise = estimate_noise(Y)
+    sub = _subspace(Y, np.maximum(noise, CRITERION_RESOLUTION * max(float(np.abs(Y).max()), 1e-12)), p)
+    return sub, sub.to(Y)
 
 
 def _subspace(Y: np.ndarray, noise: np.ndarray, p: int) -> _Subspace:
@@ -369,9 +376,7 @@ def estimate_endmembers(pixels: np.ndarray, p: int, *, known: np.ndarray | None 
         starting_sets.append(("start", np.maximum(start, 0.0)))
 
     if mode == "minimum_volume":
-        fitted = Y if smoothed is None else _sample(smoothed, p, seed, sample)[0]
-        sub = _criterion_subspace(fitted, noise if smoothed is None else estimate_noise(fitted), p)
-        points = sub.to(fitted)
+        sub, points = _criterion_points(Y, noise, p, smoothed, seed, sample)
         family, criteria = [], []
         for _, E in starting_sets:
             vertices = _minimum_volume(sub.to(E), points, sub, fixed)
@@ -474,9 +479,8 @@ def data_criterion(pixels: np.ndarray, endmembers: np.ndarray, *, seed: int = 0,
     noise = estimate_noise(Y)
     sub = _subspace(Y, noise, p)
     if misfit_ratio(Y, sub, noise) <= MISFIT_RATIO_LIMIT:
-        fitted = Y if smoothed is None else _sample(smoothed, p, seed, sample)[0]
-        sub = _criterion_subspace(fitted, noise if smoothed is None else estimate_noise(fitted), p)
-        return "minimum_volume", simplex_criterion(sub.to(E), sub.to(fitted))
+        sub, points = _criterion_points(Y, noise, p, smoothed, seed, sample)
+        return "minimum_volume", simplex_criterion(sub.to(E), points)
     mean, basis = _principal(Y, p)
     return "pixels", _pixel_residual((Y - mean) @ basis, (E - mean) @ basis)
 

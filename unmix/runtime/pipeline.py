@@ -87,8 +87,8 @@ _MIN_SCALE = 1e-6
 #: The largest data-consistency weight (keeps ``w G + I`` well conditioned in float32: cond <= 1 + w p).
 MAX_DC_WEIGHT = 1000.0
 INITIAL_ENDMEMBERS = ("model", "statistics")
-#: tau, the abundance error assumed for the 2D prior's estimate in :func:`dc_weight_for_noise` (the
-#: size of the CNN start's error that the prior refines: 0.08-0.12 aRMSE on the benchmark scenes).
+#: tau, the abundance error assumed for the 2D prior's estimate in :func:`dc_weight_for_noise`: a stated
+#: prior (a tenth of the abundance range), not tuned; it gives the largest weight down to ~30 dB.
 PRIOR_ABUNDANCE_STD = 0.1
 #: The smallest pixel sample ``reestimate`` accepts: fewer spectra pin down neither the noise estimate
 #: (a regression of each band on the others) nor a simplex's facets.

@@ -215,6 +215,7 @@ def fit(
                        fingerprint=fingerprint)
 
     # 1. Endmember initialisation.
+    pixels = prepared.valid_pixels      # (N, B) finite pixels, one copy for the engine and the input scaling
     if previous is not None:
         e0 = np.asarray(previous["config"]["endmembers"]["initial"], dtype=np.float32)
         noise_std = float(previous["config"]["noise_std"])
@@ -226,7 +227,7 @@ def fit(
                 raise UsageError(f"known spectra must have shape (k <= {endmembers}, {prepared.cube.shape[2]}), "
                                  f"got {known.shape}")
         smoothed = spatial_means(np.where(prepared.mask[..., None], prepared.cube, np.nan))
-        e0, noise_std, engine = train_data.initial_endmembers(prepared.valid_pixels, endmembers, cfg.cnn.vca_seeds,
+        e0, noise_std, engine = train_data.initial_endmembers(pixels, endmembers, cfg.cnn.vca_seeds,
                                                               cfg.seed, known, smoothed=smoothed)
     names = list(known_names or []) + [f"endmember_{k + 1}" for k in range(len(known_names or []), endmembers)]
     say(f"{scene.name}: {prepared.cube.shape[0]}x{prepared.cube.shape[1]} px, {prepared.cube.shape[2]} bands, "
@@ -246,8 +247,7 @@ def fit(
                              num_res_blocks=cfg.abundance.num_res_blocks),
     }
     endmember_param = torch.tensor(e0, dtype=torch.float32)
-    valid_pixels = prepared.valid_pixels
-    models["hybridstu"].standardize_input(valid_pixels.mean(axis=0), valid_pixels.std(axis=0))
+    models["hybridstu"].standardize_input(pixels.mean(axis=0), pixels.std(axis=0))
     if previous is not None:
         for name in STAGES:
             if name not in run_stages:
@@ -269,7 +269,7 @@ def fit(
         timings["cnn_s"] = time.perf_counter() - t
     endmembers_est = endmember_param.detach().cpu().numpy().astype(np.float32)
     if "cnn" in run_stages and previous is None and not np.array_equal(endmembers_est, e0):
-        endmembers_est, engine["joint_learning"] = _keep_better(prepared.valid_pixels, e0, endmembers_est, cfg.seed,
+        endmembers_est, engine["joint_learning"] = _keep_better(pixels, e0, endmembers_est, cfg.seed,
                                                                 smoothed)
         say(f"endmembers: {engine['joint_learning']['kept']} kept (data criterion: engine "
             f"{engine['joint_learning']['engine']:.5g}, learnt {engine['joint_learning']['learnt']:.5g})")
