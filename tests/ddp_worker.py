@@ -7,7 +7,6 @@ Rank 0 writes the averaged gradients of HybridSTU (reconstruction loss) and of t
 """
 import sys
 
-import torch.distributed as dist
 from safetensors.torch import save_file
 
 from tests.ddp_step import global_batches, make_models, step_losses
@@ -25,8 +24,8 @@ def main(out: str) -> None:
         grads = {f"cnn.{n}": p.grad for n, p in cnn.named_parameters()}
         grads.update({f"unet.{n}": p.grad for n, p in unet.named_parameters() if p.grad is not None})
         save_file({k: v.contiguous() for k, v in grads.items()}, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    del wrapped, loss_cnn, loss_unet  # the DDP reducers hold the process group: release them first
+    ddp.close()
 
 
 if __name__ == "__main__":

@@ -97,9 +97,16 @@ class _Distributed:
         share = batch.shape[0] // self.world
         return batch[self.rank * share:(self.rank + 1) * share]
 
-    def barrier(self) -> None:
-        if self.world > 1:
+    def close(self) -> None:
+        """Wait for every rank, then tear the process group down while the interpreter is fully alive.
+
+        Left to interpreter exit, gloo's worker threads can outlive the objects they hold and abort the
+        process ("terminate called without an active exception") after the work is done. Called on the
+        successful path only: after an error on one rank, a barrier would wait for ranks that never arrive.
+        """
+        if self.world > 1 and dist.is_initialized():
             dist.barrier()
+            dist.destroy_process_group()
 
 
 def _log_to_stderr(message: str) -> None:
@@ -324,7 +331,7 @@ def fit(
         save_checkpoint(out_dir, {name: model.cpu() for name, model in models.items()}, summary)
         state.clear()
         say(f"checkpoint written to {out_dir} in {timings['total_s']:.1f} s")
-    ddp.barrier()
+    ddp.close()
     return FitResult(out_dir=out_dir, endmembers=endmembers_est, abundances=abundances, summary=summary)
 
 
