@@ -278,11 +278,12 @@ void check_endmembers(const float* endmembers, int p, int B) {
 }
 
 Pipeline::Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile)
-    : backend_(backend), schedule_(schedule), B_(bands), p_(endmembers), T_(tile), steps_(nullptr) {
-    steps_ = new TileSteps(backend_, schedule_, B_, p_, T_);
-}
+    : backend_(backend), schedule_(schedule), B_(bands), p_(endmembers), T_(tile),
+      steps_(new TileSteps(backend_, schedule_, B_, p_, T_)) {}
 
-Pipeline::~Pipeline() { delete steps_; }
+// Out of line: TileSteps is complete here.
+Pipeline::~Pipeline() = default;
+Pipeline::Pipeline(Pipeline&&) noexcept = default;
 
 void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, float* abundances_out,
                    float* endmembers_out, float* rmse_out, const float* initial_endmembers, float* uncertainty_out) {

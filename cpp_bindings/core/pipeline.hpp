@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -60,7 +61,6 @@ struct PipelineConfig {
 
 struct PipelineStats {
     long network_calls = 0;
-    long loop_allocations = 0;  // buffers grown inside the DDIM loops (stays 0)
 };
 
 // Non-negative least squares for every band from the statistics: min_{e>=0} e'Ge - 2 c'e, G = AtA (p, p),
@@ -77,6 +77,10 @@ public:
     // B bands, p endmembers, T the networks' tile size.
     Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile);
     ~Pipeline();
+    Pipeline(const Pipeline&) = delete;  // one TileSteps per Pipeline: its buffers are not shared
+    Pipeline& operator=(const Pipeline&) = delete;
+    Pipeline(Pipeline&&) noexcept;
+    Pipeline& operator=(Pipeline&&) = delete;  // backend_ is a reference
 
     // cube (H, W, B) float32 row-major; outputs (H, W, p), (p, B), (H, W). Throws on error.
     // initial_endmembers (p, B), optional: the model's (or the caller's) endmembers, E0 when
@@ -93,7 +97,7 @@ private:
     Schedule schedule_;
     int B_, p_, T_;
     PipelineStats stats_;
-    TileSteps* steps_;  // owned
+    std::unique_ptr<TileSteps> steps_;
 };
 
 // Checks a caller's (p, B) endmembers: finite and >= 0 (UsageError otherwise).
