@@ -43,8 +43,8 @@ typedef struct unmix_handle unmix_handle;
 
 UNMIX_API int unmix_abi_version(void);
 
-/* Opens model_dir (its manifest.json) on backend_name: "openvino", "onnxruntime", "tensorrt" or
- * "analytic" (closed-form test networks, for checking the loop). threads <= 0: the backend's default. */
+/* Opens model_dir (its manifest.json) on backend_name "openvino" (UNMIX_ERROR_BACKEND where it was not
+ * built). threads <= 0: the backend's default. */
 UNMIX_API unmix_status unmix_open(const char* model_dir, const char* backend_name, int threads, unmix_handle** handle);
 
 /* Sets one inference setting by name (steps, t0, eta, samples, rounds, overlap, dc_weight,
