@@ -43,7 +43,8 @@ void PipelineConfig::validate() const {
 
 namespace {
 
-// Solves G[P,P] z = c[P] by Gaussian elimination with partial pivoting; false when singular.
+// Solves G[P,P] z = c[P] by Gaussian elimination with partial pivoting (the first largest pivot); false
+// when a pivot is <= 1e-13 n max|G[P,P]| (singular).
 bool solve_subset(const std::vector<double>& G, const double* c, int p, const std::vector<int>& set, std::vector<double>& work,
                   std::vector<double>& z) {
     const int n = static_cast<int>(set.size());
@@ -78,9 +79,15 @@ bool solve_subset(const std::vector<double>& G, const double* c, int p, const st
     return true;
 }
 
+// Below this an entry of the active-set iterate counts as zero and leaves the passive set.
+constexpr double kZero = 1e-300;
+
+// min_{e>=0} e'Ge - 2c'e, Lawson-Hanson: unmix.physics.mixing.nnls_gram step for step (same order of
+// operations, same tolerances), so the two agree also where G is singular and the minimiser is not
+// unique (tests/golden/nnls_rank_deficient.json).
 void nnls_gram(const std::vector<double>& G, const double* c, int p, double* e) {
-    std::vector<char> passive(static_cast<size_t>(p), 0);
-    std::vector<double> x(static_cast<size_t>(p), 0.0), w(static_cast<size_t>(p)), z, work;
+    std::vector<char> passive(static_cast<size_t>(p), 0), dependent(static_cast<size_t>(p), 0);
+    std::vector<double> x(static_cast<size_t>(p), 0.0), z, work;
     std::vector<int> set;
     double gmax = 0.0;
     for (double g : G) gmax = std::max(gmax, std::fabs(g));
@@ -88,25 +95,26 @@ void nnls_gram(const std::vector<double>& G, const double* c, int p, double* e) 
     for (int i = 0; i < p; ++i) cmax = std::max(cmax, std::fabs(c[i]));
     const double tol = 10.0 * std::numeric_limits<double>::epsilon() * p * std::max(gmax, cmax);
     for (int outer = 0; outer < 3 * p + 3; ++outer) {
+        // the free index with the largest gradient w_j = (c - G x)_j, the first on ties
         int best = -1;
-        double best_w = tol;
+        double best_w = 0.0;
         for (int j = 0; j < p; ++j) {
             double s = c[j];
             for (int k = 0; k < p; ++k) s -= G[j * p + k] * x[k];
-            w[j] = s;
-            if (!passive[j] && s > best_w) {
+            if (!passive[j] && !dependent[j] && (best < 0 || s > best_w)) {
                 best_w = s;
                 best = j;
             }
         }
-        if (best < 0) break;
+        if (best < 0 || !(best_w > tol)) break;
         passive[best] = 1;
         for (int inner = 0; inner < 3 * p + 3; ++inner) {
             set.clear();
             for (int j = 0; j < p; ++j)
                 if (passive[j]) set.push_back(j);
-            if (!solve_subset(G, c, p, set, work, z)) {  // singular: drop the newest index and stop
+            if (!solve_subset(G, c, p, set, work, z)) {  // column `best` depends on the others: never again
                 passive[best] = 0;
+                dependent[best] = 1;
                 break;
             }
             bool feasible = true;
@@ -118,10 +126,10 @@ void nnls_gram(const std::vector<double>& G, const double* c, int p, double* e) 
             }
             double alpha = 1.0;
             for (size_t i = 0; i < set.size(); ++i)
-                if (z[i] <= 0.0) alpha = std::min(alpha, x[set[i]] / (x[set[i]] - z[i]));
+                if (z[i] <= 0.0 && x[set[i]] - z[i] > 0.0) alpha = std::min(alpha, x[set[i]] / (x[set[i]] - z[i]));
             for (size_t i = 0; i < set.size(); ++i) {
                 x[set[i]] += alpha * (z[i] - x[set[i]]);
-                if (x[set[i]] <= 1e-300 || (z[i] <= 0.0 && x[set[i]] <= 0.0)) {
+                if (x[set[i]] <= kZero) {
                     x[set[i]] = 0.0;
                     passive[set[i]] = 0;
                 }

@@ -64,7 +64,9 @@ struct PipelineStats {
 };
 
 // Non-negative least squares for every band from the statistics: min_{e>=0} e'Ge - 2 c'e, G = AtA (p, p),
-// c = AtY[:, b]; Lawson-Hanson active set on the p x p Gram system. AtY (p, B) -> E (p, B).
+// c = AtY[:, b]; Lawson-Hanson active set on the p x p Gram system, the same operations in the same order
+// as unmix.physics.mixing.endmembers_from_abundances (the same bits, also where AtA is singular and the
+// minimiser is not unique). AtY (p, B) -> E (p, B).
 std::vector<double> nnls_endmembers(const std::vector<double>& AtA, const std::vector<double>& AtY, int p, int B);
 
 // Euclidean projection of v (length p) onto the probability simplex, in place (NaN in -> all NaN).
