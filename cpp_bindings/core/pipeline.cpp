@@ -35,6 +35,7 @@ void PipelineConfig::validate() const {
     if (spectra_steps < 1) throw UsageError("spectra_steps must be >= 1");
     if (spectra_t0 < 0) throw UsageError("spectra_t0 must be >= 0");
     if (!(spectra_eta >= 0.0 && spectra_eta <= 1.0)) throw UsageError("spectra_eta must be >= 0.0 and <= 1.0");
+    if (seed > kMaxSeed) throw UsageError("seed must be an integer in 0..2^53");
     counter_step(steps, steps - 1, rounds - 1);
     counter_step(spectra_steps, spectra_steps - 1, rounds - 1);
 }

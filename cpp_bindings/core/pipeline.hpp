@@ -38,6 +38,9 @@ public:
 
 // The largest data-consistency weight (unmix.runtime.pipeline.MAX_DC_WEIGHT).
 constexpr double kMaxDcWeight = 1000.0;
+// The largest seed, 2^53 (as unmix.runtime.pipeline.PipelineConfig): seeds travel as doubles (JSON,
+// unmix_set_option), which hold every integer up to 2^53 exactly.
+constexpr uint64_t kMaxSeed = 9007199254740992ull;
 
 struct PipelineConfig {
     int steps = 10;
@@ -54,7 +57,7 @@ struct PipelineConfig {
     double spectra_dc_weight = 1.0;   // the same for the 1D step
     bool refine_spectra = false;
     bool initial_from_model = true;   // initial_endmembers "model" (true) or "statistics" (false)
-    uint64_t seed = 0;
+    uint64_t seed = 0;                // 0 .. kMaxSeed
 
     void validate() const;  // throws UsageError, like PipelineConfig.__post_init__
 };

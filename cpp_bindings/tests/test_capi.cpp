@@ -39,6 +39,9 @@ void test_run(const std::string& dir) {
     // settings
     CHECK(unmix_set_option(h, "eta", 0.5) == UNMIX_OK);
     CHECK(unmix_set_option(h, "seed", 42) == UNMIX_OK);
+    CHECK(unmix_set_option(h, "seed", 9007199254740992.0) == UNMIX_OK);  // 2^53, as in Python
+    CHECK(unmix_set_option(h, "seed", 9007199254740994.0) == UNMIX_ERROR_USAGE);
+    CHECK(unmix_set_option(h, "seed", 42) == UNMIX_OK);
     CHECK(unmix_run(h, cube.data(), H, W, B, A.data(), E.data(), rmse.data()) == UNMIX_OK);
     CHECK(unmix_set_option(h, "steps", 500) == UNMIX_OK);  // checked against t0 at run time
     CHECK(unmix_run(h, cube.data(), H, W, B, A.data(), E.data(), rmse.data()) == UNMIX_ERROR_USAGE);

@@ -35,7 +35,6 @@ GOLDEN_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(GOLDEN_DIR.parents[1]))
 
 from unmix.diffusion import noise as noise_module  # noqa: E402
-from unmix.physics.mixing import endmembers_from_abundances  # noqa: E402
 from unmix.diffusion.schedule import (  # noqa: E402
     TABLE_COLUMNS,
     Schedule,
@@ -43,6 +42,7 @@ from unmix.diffusion.schedule import (  # noqa: E402
     ddim_timesteps,
     ddim_trajectory,
 )
+from unmix.physics.mixing import endmembers_from_abundances  # noqa: E402
 
 SHAPE = (2, 3, 4)      # (rows, cols, channels) of the test state
 NOISE_SEED = 2024      # the stochastic steps use gaussian(NOISE_SEED, 0, counter_step(K, i), 0, ...)
