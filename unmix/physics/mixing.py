@@ -94,6 +94,7 @@ def endmembers_from_abundances(AtA: np.ndarray, AtY: np.ndarray) -> np.ndarray:
 
 #: Below this an entry of the active-set iterate counts as zero and leaves the passive set.
 _ZERO = 1e-300
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def nnls_gram(G: list[list[float]], c: list[float]) -> list[float]:
@@ -149,9 +150,6 @@ def nnls_gram(G: list[list[float]], c: list[float]) -> list[float]:
                 if x[j] <= _ZERO:
                     x[j], passive[j] = 0.0, False
     return [max(v, 0.0) for v in x]
-
-
-_EPS = float(np.finfo(np.float64).eps)
 
 
 def _solve_subset(G: list[list[float]], c: list[float], subset: list[int]) -> list[float] | None:
