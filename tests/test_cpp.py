@@ -67,6 +67,7 @@ def test_ctest_passes(build):
     assert core.returncode == 0, core.stderr
     assert core.stdout.count("coefficients max abs diff 0,") >= 4
     assert "48 words bit exact" in core.stdout
+    assert "nnls rank-deficient: 6 cases, 132 values bit exact" in core.stdout
 
 
 def test_ctest_passes_under_address_and_undefined_sanitizers(tmp_path):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +136,23 @@ def test_endmembers_from_abundances_equals_scipy_nnls(p):
     assert E.shape == (p, 60) and E.min() >= 0
     assert (expected == 0).any()  # the constraint is active somewhere
     np.testing.assert_allclose(E, expected, atol=1e-8)
+
+
+def test_endmembers_from_abundances_rank_deficient_golden():
+    """Singular AᵀA (tests/golden/nnls_rank_deficient.json, also read by the C++ core's test): the
+    minimiser is not unique, so the file pins which one comes back, bit for bit; each is a minimiser
+    (the KKT conditions hold to rounding)."""
+    cases = json.loads((Path(__file__).parent / "golden" / "nnls_rank_deficient.json").read_text())["cases"]
+    assert len(cases) >= 5
+    for case in cases:
+        AtA, AtY, expected = (np.array(case[key]) for key in ("AtA", "AtY", "endmembers"))
+        assert np.linalg.matrix_rank(AtA) < AtA.shape[0], case["name"]
+        E = endmembers_from_abundances(AtA, AtY)
+        np.testing.assert_array_equal(E, expected, err_msg=case["name"])
+        gradient = AtA @ E - AtY  # half the objective's gradient
+        scale = np.abs(AtY).max()
+        assert np.abs(gradient[E > 0]).max() <= 1e-12 * scale, case["name"]
+        assert gradient[E == 0].min() >= -1e-10 * scale, case["name"]
 
 
 def test_endmembers_from_abundances_unused_endmember_and_errors():

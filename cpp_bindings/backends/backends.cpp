@@ -1,6 +1,8 @@
 #include "backends.hpp"
 
-#include "../core/analytic_backend.hpp"
+#ifdef UNMIX_WITH_ANALYTIC
+#include "../tests/analytic_backend.hpp"  // the test library only (cpp_bindings/CMakeLists.txt)
+#endif
 
 namespace unmix {
 
@@ -12,12 +14,11 @@ std::unique_ptr<Backend> make_openvino_backend(const Manifest&, int) {
 
 std::unique_ptr<Backend> make_backend(const std::string& name, const Manifest& manifest, int threads) {
     if (name == "openvino") return make_openvino_backend(manifest, threads);
+#ifdef UNMIX_WITH_ANALYTIC
     if (name == "analytic")
         return std::unique_ptr<Backend>(new AnalyticBackend(manifest.endmembers, manifest.endmember_count(), manifest.bands));
-    if (name == "onnxruntime" || name == "tensorrt")
-        // Gated: compiled only where onnxruntime_cxx_api.h / NvInfer.h are found; not written yet.
-        throw BackendError("backend '" + name + "' was not built");
-    throw UsageError("unknown backend '" + name + "'; known: openvino, onnxruntime, tensorrt, analytic");
+#endif
+    throw UsageError("unknown backend '" + name + "'; known: openvino");
 }
 
 }  // namespace unmix

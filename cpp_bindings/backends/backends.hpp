@@ -1,4 +1,4 @@
-// Backend factory: "analytic" always; "openvino" / "onnxruntime" / "tensorrt" when built in.
+// Backend factory: "openvino" (reports "not built" where OpenVINO was not found at configure time).
 #pragma once
 
 #include <memory>

@@ -35,6 +35,7 @@ void PipelineConfig::validate() const {
     if (spectra_steps < 1) throw UsageError("spectra_steps must be >= 1");
     if (spectra_t0 < 0) throw UsageError("spectra_t0 must be >= 0");
     if (!(spectra_eta >= 0.0 && spectra_eta <= 1.0)) throw UsageError("spectra_eta must be >= 0.0 and <= 1.0");
+    if (seed > kMaxSeed) throw UsageError("seed must be an integer in 0..2^53");
     counter_step(steps, steps - 1, rounds - 1);
     counter_step(spectra_steps, spectra_steps - 1, rounds - 1);
 }
@@ -43,7 +44,8 @@ void PipelineConfig::validate() const {
 
 namespace {
 
-// Solves G[P,P] z = c[P] by Gaussian elimination with partial pivoting; false when singular.
+// Solves G[P,P] z = c[P] by Gaussian elimination with partial pivoting (the first largest pivot); false
+// when a pivot is <= 1e-13 n max|G[P,P]| (singular).
 bool solve_subset(const std::vector<double>& G, const double* c, int p, const std::vector<int>& set, std::vector<double>& work,
                   std::vector<double>& z) {
     const int n = static_cast<int>(set.size());
@@ -78,9 +80,15 @@ bool solve_subset(const std::vector<double>& G, const double* c, int p, const st
     return true;
 }
 
+// Below this an entry of the active-set iterate counts as zero and leaves the passive set.
+constexpr double kZero = 1e-300;
+
+// min_{e>=0} e'Ge - 2c'e, Lawson-Hanson: unmix.physics.mixing.nnls_gram step for step (same order of
+// operations, same tolerances), so the two agree also where G is singular and the minimiser is not
+// unique (tests/golden/nnls_rank_deficient.json).
 void nnls_gram(const std::vector<double>& G, const double* c, int p, double* e) {
-    std::vector<char> passive(static_cast<size_t>(p), 0);
-    std::vector<double> x(static_cast<size_t>(p), 0.0), w(static_cast<size_t>(p)), z, work;
+    std::vector<char> passive(static_cast<size_t>(p), 0), dependent(static_cast<size_t>(p), 0);
+    std::vector<double> x(static_cast<size_t>(p), 0.0), z, work;
     std::vector<int> set;
     double gmax = 0.0;
     for (double g : G) gmax = std::max(gmax, std::fabs(g));
@@ -88,25 +96,26 @@ void nnls_gram(const std::vector<double>& G, const double* c, int p, double* e) 
     for (int i = 0; i < p; ++i) cmax = std::max(cmax, std::fabs(c[i]));
     const double tol = 10.0 * std::numeric_limits<double>::epsilon() * p * std::max(gmax, cmax);
     for (int outer = 0; outer < 3 * p + 3; ++outer) {
+        // the free index with the largest gradient w_j = (c - G x)_j, the first on ties
         int best = -1;
-        double best_w = tol;
+        double best_w = 0.0;
         for (int j = 0; j < p; ++j) {
             double s = c[j];
             for (int k = 0; k < p; ++k) s -= G[j * p + k] * x[k];
-            w[j] = s;
-            if (!passive[j] && s > best_w) {
+            if (!passive[j] && !dependent[j] && (best < 0 || s > best_w)) {
                 best_w = s;
                 best = j;
             }
         }
-        if (best < 0) break;
+        if (best < 0 || !(best_w > tol)) break;
         passive[best] = 1;
         for (int inner = 0; inner < 3 * p + 3; ++inner) {
             set.clear();
             for (int j = 0; j < p; ++j)
                 if (passive[j]) set.push_back(j);
-            if (!solve_subset(G, c, p, set, work, z)) {  // singular: drop the newest index and stop
+            if (!solve_subset(G, c, p, set, work, z)) {  // column `best` depends on the others: never again
                 passive[best] = 0;
+                dependent[best] = 1;
                 break;
             }
             bool feasible = true;
@@ -118,10 +127,10 @@ void nnls_gram(const std::vector<double>& G, const double* c, int p, double* e) 
             }
             double alpha = 1.0;
             for (size_t i = 0; i < set.size(); ++i)
-                if (z[i] <= 0.0) alpha = std::min(alpha, x[set[i]] / (x[set[i]] - z[i]));
+                if (z[i] <= 0.0 && x[set[i]] - z[i] > 0.0) alpha = std::min(alpha, x[set[i]] / (x[set[i]] - z[i]));
             for (size_t i = 0; i < set.size(); ++i) {
                 x[set[i]] += alpha * (z[i] - x[set[i]]);
-                if (x[set[i]] <= 1e-300 || (z[i] <= 0.0 && x[set[i]] <= 0.0)) {
+                if (x[set[i]] <= kZero) {
                     x[set[i]] = 0.0;
                     passive[set[i]] = 0;
                 }
@@ -278,11 +287,12 @@ void check_endmembers(const float* endmembers, int p, int B) {
 }
 
 Pipeline::Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile)
-    : backend_(backend), schedule_(schedule), B_(bands), p_(endmembers), T_(tile), steps_(nullptr) {
-    steps_ = new TileSteps(backend_, schedule_, B_, p_, T_);
-}
+    : backend_(backend), schedule_(schedule), B_(bands), p_(endmembers), T_(tile),
+      steps_(new TileSteps(backend_, schedule_, B_, p_, T_)) {}
 
-Pipeline::~Pipeline() { delete steps_; }
+// Out of line: TileSteps is complete here.
+Pipeline::~Pipeline() = default;
+Pipeline::Pipeline(Pipeline&&) noexcept = default;
 
 void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, float* abundances_out,
                    float* endmembers_out, float* rmse_out, const float* initial_endmembers, float* uncertainty_out) {

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,9 @@ public:
 
 // The largest data-consistency weight (unmix.runtime.pipeline.MAX_DC_WEIGHT).
 constexpr double kMaxDcWeight = 1000.0;
+// The largest seed, 2^53 (as unmix.runtime.pipeline.PipelineConfig): seeds travel as doubles (JSON,
+// unmix_set_option), which hold every integer up to 2^53 exactly.
+constexpr uint64_t kMaxSeed = 9007199254740992ull;
 
 struct PipelineConfig {
     int steps = 10;
@@ -53,18 +57,19 @@ struct PipelineConfig {
     double spectra_dc_weight = 1.0;   // the same for the 1D step
     bool refine_spectra = false;
     bool initial_from_model = true;   // initial_endmembers "model" (true) or "statistics" (false)
-    uint64_t seed = 0;
+    uint64_t seed = 0;                // 0 .. kMaxSeed
 
     void validate() const;  // throws UsageError, like PipelineConfig.__post_init__
 };
 
 struct PipelineStats {
     long network_calls = 0;
-    long loop_allocations = 0;  // buffers grown inside the DDIM loops (stays 0)
 };
 
 // Non-negative least squares for every band from the statistics: min_{e>=0} e'Ge - 2 c'e, G = AtA (p, p),
-// c = AtY[:, b]; Lawson-Hanson active set on the p x p Gram system. AtY (p, B) -> E (p, B).
+// c = AtY[:, b]; Lawson-Hanson active set on the p x p Gram system, the same operations in the same order
+// as unmix.physics.mixing.endmembers_from_abundances (the same bits, also where AtA is singular and the
+// minimiser is not unique). AtY (p, B) -> E (p, B).
 std::vector<double> nnls_endmembers(const std::vector<double>& AtA, const std::vector<double>& AtY, int p, int B);
 
 // Euclidean projection of v (length p) onto the probability simplex, in place (NaN in -> all NaN).
@@ -77,6 +82,10 @@ public:
     // B bands, p endmembers, T the networks' tile size.
     Pipeline(Backend& backend, const Schedule& schedule, int bands, int endmembers, int tile);
     ~Pipeline();
+    Pipeline(const Pipeline&) = delete;  // one TileSteps per Pipeline: its buffers are not shared
+    Pipeline& operator=(const Pipeline&) = delete;
+    Pipeline(Pipeline&&) noexcept;
+    Pipeline& operator=(Pipeline&&) = delete;  // backend_ is a reference
 
     // cube (H, W, B) float32 row-major; outputs (H, W, p), (p, B), (H, W). Throws on error.
     // initial_endmembers (p, B), optional: the model's (or the caller's) endmembers, E0 when
@@ -93,7 +102,7 @@ private:
     Schedule schedule_;
     int B_, p_, T_;
     PipelineStats stats_;
-    TileSteps* steps_;  // owned
+    std::unique_ptr<TileSteps> steps_;
 };
 
 // Checks a caller's (p, B) endmembers: finite and >= 0 (UsageError otherwise).

@@ -43,13 +43,14 @@ typedef struct unmix_handle unmix_handle;
 
 UNMIX_API int unmix_abi_version(void);
 
-/* Opens model_dir (its manifest.json) on backend_name: "openvino", "onnxruntime", "tensorrt" or
- * "analytic" (closed-form test networks, for checking the loop). threads <= 0: the backend's default. */
+/* Opens model_dir (its manifest.json) on backend_name "openvino" (UNMIX_ERROR_BACKEND where it was not
+ * built). threads <= 0: the backend's default. */
 UNMIX_API unmix_status unmix_open(const char* model_dir, const char* backend_name, int threads, unmix_handle** handle);
 
 /* Sets one inference setting by name (steps, t0, eta, samples, rounds, overlap, dc_weight,
  * spectra_steps, spectra_t0, spectra_eta, spectra_dc_weight, refine_spectra, initial_endmembers
- * (1: the model's, 0: the NNLS estimate from pass 1), seed); defaults come from the manifest. */
+ * (1: the model's, 0: the NNLS estimate from pass 1), seed (an integer in 0..2^53: every one is exact as a
+ * double, and Python takes the same range)); defaults come from the manifest. */
 UNMIX_API unmix_status unmix_set_option(unmix_handle* handle, const char* name, double value);
 
 /* Reads one setting (the names above, and "tile") into *value (ABI 2). */

@@ -130,7 +130,7 @@ double checked(const Setting& s, double value) {
                 throw unmix::UsageError(std::string(s.name) + " must be an integer >= " + std::to_string(s.minimum));
             return value;
         case Kind::Seed:
-            if (!std::isfinite(value) || value != std::floor(value) || value < 0 || value > 9007199254740992.0)
+            if (!std::isfinite(value) || value != std::floor(value) || value < 0 || value > double(unmix::kMaxSeed))
                 throw unmix::UsageError("seed must be an integer in 0..2^53");
             return value;
         case Kind::Flag:
@@ -153,7 +153,7 @@ bool from_manifest(const Setting& s, const unmix::Json& value, double* out) {
             *out = static_cast<double>(value.as_integer());
             return true;
         case Kind::Seed:
-            if (!value.is_integer() || value.as_integer() < 0) return false;
+            if (!value.is_integer() || value.as_integer() < 0 || value.as_integer() > int64_t(unmix::kMaxSeed)) return false;
             *out = static_cast<double>(value.as_integer());
             return true;
         case Kind::Number:

@@ -1,5 +1,5 @@
 // Core against the golden files of tests/golden (written by the Python side): JSON, schedule, Philox,
-// tiling, NNLS and the simplex projection.
+// tiling, NNLS (rank-deficient cases bit for bit) and the simplex projection.
 #include <dirent.h>
 
 #include <algorithm>
@@ -263,6 +263,10 @@ void test_nnls_and_simplex() {
     got = nnls_endmembers(G, c, 2, 1);
     CHECK(got[0] == 0.5 && got[1] == 0.0);
 
+    // unused: nothing to solve
+    got = nnls_endmembers({0.0}, {0.0}, 1, 1);
+    CHECK(got[0] == 0.0);
+
     double v[3] = {0.5, 0.4, 0.3};
     project_simplex(v, 3);
     CHECK(std::fabs(v[0] - (0.5 - 0.2 / 3)) < 1e-15 && std::fabs(v[1] - (0.4 - 0.2 / 3)) < 1e-15 &&
@@ -273,6 +277,29 @@ void test_nnls_and_simplex() {
     double n[2] = {std::nan(""), 0.5};
     project_simplex(n, 2);
     CHECK(std::isnan(n[0]) && std::isnan(n[1]));
+}
+
+// Singular A^T A: the minimiser is not unique, and the file pins the one unmix.physics.mixing returns.
+void test_nnls_golden(const std::string& golden) {
+    const Json g = Json::parse_file(golden + "/nnls_rank_deficient.json");
+    long cases = 0, values = 0;
+    for (const Json& c : g["cases"].as_array()) {
+        const int p = static_cast<int>(c["AtA"].size()), B = static_cast<int>(c["AtY"][0].size());
+        std::vector<double> AtA, AtY;
+        for (int i = 0; i < p; ++i) {
+            for (int j = 0; j < p; ++j) AtA.push_back(c["AtA"][i][j].as_number());
+            for (int b = 0; b < B; ++b) AtY.push_back(c["AtY"][i][b].as_number());
+        }
+        const std::vector<double> E = nnls_endmembers(AtA, AtY, p, B);
+        for (int k = 0; k < p; ++k)
+            for (int b = 0; b < B; ++b) {
+                CHECK_MSG(E[k * B + b] == c["endmembers"][k][b].as_number(), c["name"].as_string());
+                ++values;
+            }
+        ++cases;
+    }
+    CHECK(cases >= 5);
+    std::printf("  nnls rank-deficient: %ld cases, %ld values bit exact\n", cases, values);
 }
 
 }  // namespace
@@ -302,6 +329,7 @@ int main(int argc, char** argv) {
         test_philox_golden(golden);
         test_tiling();
         test_nnls_and_simplex();
+        test_nnls_golden(golden);
     } catch (const std::exception& error) {
         check::fail(__FILE__, __LINE__, std::string("unexpected exception: ") + error.what());
     }

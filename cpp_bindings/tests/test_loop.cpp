@@ -1,11 +1,13 @@
 // The two-pass flow over the analytic backend: recovery of a synthetic mixture, tiled = untiled,
-// invalid pixels, determinism, settings errors and no allocation inside the DDIM loops.
+// invalid pixels, determinism, settings errors, a moved Pipeline and no allocation inside the DDIM loops.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <random>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "analytic_backend.hpp"
@@ -180,6 +182,23 @@ void test_settings_errors() {
     CHECK_THROWS(pipeline.run(nullptr, 9, 9, config(8, 2), out.data(), out.data(), out.data()), UsageError, "null buffer");
 }
 
+// A Pipeline owns its TileSteps: it cannot be copied, and a moved one runs as the original would.
+static_assert(!std::is_copy_constructible<Pipeline>::value && !std::is_copy_assignable<Pipeline>::value,
+              "Pipeline must not be copyable");
+static_assert(std::is_nothrow_move_constructible<Pipeline>::value, "Pipeline must be movable");
+
+void test_moved_pipeline() {
+    const Scene s = make_scene(12, 10, 5, 3, 4);
+    AnalyticBackend backend(s.E, s.p, s.B);
+    const PipelineConfig cfg = config(8, 2);
+    const Outputs expected = run(backend, s, 8, cfg);
+    Pipeline first(backend, cosine(), s.B, s.p, 8);
+    Pipeline moved(std::move(first));
+    Outputs o{std::vector<float>(s.A.size()), std::vector<float>(s.E.size()), std::vector<float>(size_t(s.H) * s.W)};
+    moved.run(s.cube.data(), s.H, s.W, cfg, o.A.data(), o.E.data(), o.rmse.data());
+    CHECK(identical(o.A, expected.A) && identical(o.E, expected.E) && identical(o.rmse, expected.rmse));
+}
+
 // Records the allocation counter at every step-network call.
 class Watching : public Backend {
 public:
@@ -219,6 +238,7 @@ int main() {
         test_tiled_equals_untiled();
         test_invalid_pixels();
         test_settings_errors();
+        test_moved_pipeline();
         test_no_allocation_in_loops();
     } catch (const std::exception& error) {
         check::fail(__FILE__, __LINE__, std::string("unexpected exception: ") + error.what());

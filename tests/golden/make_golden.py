@@ -13,6 +13,10 @@ Files:
   (shortest round-trip form: parse with a correct ``strtod`` and you get the exact float64).
 - ``noise_philox.json``: the Random123 known-answer vectors and a few ``gaussian()`` windows, as
   float32 bit patterns (hex) and as decimals, plus the raw Philox words of the first window.
+- ``nnls_rank_deficient.json``: AᵀA, AᵀY and the NNLS endmembers of
+  :func:`unmix.physics.mixing.endmembers_from_abundances` for abundances whose Gram matrix is singular
+  (duplicated, combined, constant and absent endmembers), where the minimiser is not unique and only the
+  algorithm decides which one comes back; the C++ ``nnls_endmembers`` must give the same bits.
 
 Everything below is deterministic; ``tests/test_diffusion.py`` and ``tests/test_noise.py`` rebuild the
 documents with :func:`build` and compare (DDIM to 1e-12, noise bit for bit).
@@ -38,6 +42,7 @@ from unmix.diffusion.schedule import (  # noqa: E402
     ddim_timesteps,
     ddim_trajectory,
 )
+from unmix.physics.mixing import endmembers_from_abundances  # noqa: E402
 
 SHAPE = (2, 3, 4)      # (rows, cols, channels) of the test state
 NOISE_SEED = 2024      # the stochastic steps use gaussian(NOISE_SEED, 0, counter_step(K, i), 0, ...)
@@ -189,10 +194,58 @@ def build_noise() -> dict[str, Any]:
     }
 
 
+def _rank_deficient_statistics(case: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """AᵀA, AᵀY of 40 pixels whose abundances A have a singular Gram matrix, one way per case; the
+    targets Y = A E + noise with some E < 0, so the non-negativity constraint is active."""
+    a = rng.dirichlet(np.ones(3), 40)
+    if case == "duplicate":               # endmember 2 always in endmember 0's proportion
+        A = np.column_stack([a[:, 0], a[:, 1] + a[:, 2], a[:, 0]])
+    elif case == "combination":           # endmember 3 = (endmember 0 + endmember 1) / 2
+        A = np.column_stack([a, 0.5 * (a[:, 0] + a[:, 1])])
+    elif case == "collinear":             # endmember 1 within 1e-3 of endmember 0, endmember 2 their sum
+        near = np.abs(a[:, 0] + 1e-3 * rng.standard_normal(40))
+        A = np.column_stack([a[:, 0], near, a[:, 0] + near, a[:, 1]])
+    elif case == "constant":              # every pixel the same mixture: rank 1
+        A = np.tile([0.2, 0.3, 0.5], (40, 1))
+    elif case == "absent_and_duplicate":  # endmember 1 never present, endmember 3 = endmember 2
+        A = np.column_stack([a[:, 0], np.zeros(40), a[:, 1] + a[:, 2], a[:, 1] + a[:, 2]])
+    elif case == "inconsistent":          # endmember 3 = endmember 0 + endmember 1, AᵀY perturbed below
+        A = np.column_stack([a, a[:, 0] + a[:, 1]])
+    else:
+        raise ValueError(case)
+    Y = A @ rng.uniform(-0.4, 0.9, size=(A.shape[1], 6)) + 0.05 * rng.standard_normal((40, 6))
+    AtA, AtY = A.T @ A, A.T @ Y
+    if case == "inconsistent":  # off the range of AᵀA by 1e-12 (relative), as rounding leaves summed statistics
+        AtY = AtY * (1.0 + 1e-12 * rng.standard_normal(AtY.shape))
+    return AtA, AtY
+
+
+#: Between them they take every branch of the active set: a step back to the feasible region
+#: ("collinear", "inconsistent") and a singular G[P,P] ("inconsistent").
+NNLS_CASES = ("duplicate", "combination", "collinear", "constant", "absent_and_duplicate", "inconsistent")
+
+
+def build_nnls() -> dict[str, Any]:
+    rng = np.random.default_rng(15)
+    cases = []
+    for name in NNLS_CASES:
+        AtA, AtY = _rank_deficient_statistics(name, rng)
+        cases.append({"name": name, "AtA": AtA.tolist(), "AtY": AtY.tolist(),
+                      "endmembers": endmembers_from_abundances(AtA, AtY).tolist()})
+    return {
+        "what": "unmix.physics.mixing.endmembers_from_abundances where A^T A is singular; regenerate with "
+                "tests/golden/make_golden.py",
+        "rule": "endmembers = endmembers_from_abundances(AtA, AtY): float64, the same bits in Python and C++ "
+                "(Lawson-Hanson on the Gram system, one order of operations)",
+        "cases": cases,
+    }
+
+
 def build() -> dict[str, dict[str, Any]]:
     """Every golden document, keyed by file name."""
     documents = {name: build_ddim(case) for name, case in DDIM_CASES.items()}
     documents["noise_philox.json"] = build_noise()
+    documents["nnls_rank_deficient.json"] = build_nnls()
     return documents
 
 

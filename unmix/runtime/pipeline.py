@@ -138,7 +138,7 @@ class PipelineConfig:
         refine_spectra: run the 1D loop (else E stays the initial estimate).
         initial_endmembers: ``"model"`` (the spectra learnt with HybridSTU, when given) or
             ``"statistics"`` (non-negative least squares from pass 1's A^T A and A^T Y).
-        seed: the Philox key (0 .. 2^64 - 1).
+        seed: the Philox key (0 .. 2^53).
     """
 
     steps: int = 10
@@ -178,7 +178,7 @@ class PipelineConfig:
         if not isinstance(self.refine_spectra, (bool, np.bool_)):
             raise UsageError(f"refine_spectra must be true or false, got {self.refine_spectra!r}")
         self.refine_spectra = bool(self.refine_spectra)
-        self.seed = require_int(self.seed, "seed", 0, 2**64 - 1)
+        self.seed = require_int(self.seed, "seed", 0, 2**53)  # 2^53: exact as a double (JSON, the C ABI)
         counter_step(self.steps, self.steps - 1, self.rounds - 1)      # raises if the counters overflow
         counter_step(self.spectra_steps, self.spectra_steps - 1, self.rounds - 1)
 

@@ -64,7 +64,7 @@ class Stream:
 
 
 class Model:
-    """An exported model folder opened on a C++ backend (``openvino``, or ``analytic`` for tests)."""
+    """An exported model folder opened on the C++ ``openvino`` backend."""
 
     def __init__(self, model_dir: Any, backend: str = "openvino", threads: int = 0, **settings: Any):
         self._model = _core.Model(str(model_dir), backend, int(threads))
