@@ -15,6 +15,8 @@ namespace unmix {
 namespace {
 
 const char* const kFormat = "unmix-manifest/1";
+// unmix.runtime.manifest.BETAS_RTOL
+constexpr double kBetasRtol = 1e-9;
 
 bool is_dir(const std::string& path) {
     struct stat info;
@@ -238,9 +240,14 @@ Manifest parse_manifest(const Json& data, const std::string& model_dir, const st
     } catch (const UsageError& error) {
         check.fail("schedule", std::string("a valid schedule (") + error.what() + ")");
     }
+    // The betas spell the schedule out; they must be the ones rebuilt from its configuration.
     m.betas = check.numbers(schedule["betas"], "schedule.betas", m.schedule.T);
-    for (double b : m.betas)
-        if (!(b > 0.0 && b < 1.0)) check.fail("schedule.betas", "values in (0, 1)");
+    const std::vector<double> expected = m.schedule.betas();
+    for (size_t t = 0; t < expected.size(); ++t)
+        if (!(std::fabs(m.betas[t] - expected[t]) <= kBetasRtol * expected[t]))
+            check.fail("schedule.betas", "the betas of the " + m.schedule.kind + " schedule with T = " +
+                                             std::to_string(m.schedule.T) + " (index " + std::to_string(t) + ")",
+                       schedule["betas"][t]);
 
     const Json& inference = check.mapping(data["inference"], "inference", {"steps", "t0", "samples", "rounds", "tile", "eta"});
     m.inference = inference;

@@ -42,7 +42,7 @@ struct Manifest {
     std::string path, model_dir;
     std::vector<NetworkEntry> networks;
     Schedule schedule;
-    std::vector<double> betas;
+    std::vector<double> betas;  // as written; equal (to 1e-9 relative) to schedule.betas()
     // inference defaults; the optional keys keep PipelineConfig's defaults when absent
     int steps = 10, t0 = 300, samples = 1, rounds = 1, tile = 64;
     double eta = 0.0;

@@ -4,6 +4,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <string>
 
@@ -24,8 +27,18 @@ inline std::string manifest(const std::string& hybridstu_file) {
         return "{\"file\": \"" + file + "\", \"sha256\": \"" + sha + "\", \"opset\": 20, \"precision\": \"fp32\", \"inputs\": [" +
                inputs + "], \"outputs\": [" + outputs + "]}";
     };
+    // The cosine schedule's betas (T = 1000, s = 0.008, at most 0.999), as the reader checks them.
     std::string betas;
-    for (int t = 0; t < 1000; ++t) betas += (t ? ", " : "") + std::string("0.01");
+    const double pi = 3.14159265358979323846;
+    auto f = [&](int t) {
+        const double c = std::cos((t / 1000.0 + 0.008) / 1.008 * (pi / 2.0));
+        return c * c;
+    };
+    for (int t = 0; t < 1000; ++t) {
+        char value[32];
+        std::snprintf(value, sizeof value, "%.17g", std::min(1.0 - f(t + 1) / f(t), 0.999));
+        betas += (t ? ", " : "") + std::string(value);
+    }
     std::string spectra;
     for (int k = 0; k < P; ++k) {
         spectra += k ? ", [" : "[";
