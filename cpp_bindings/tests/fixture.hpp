@@ -48,11 +48,11 @@ inline std::string manifest(const std::string& hybridstu_file) {
     return "{\n\"format\": \"unmix-manifest/1\",\n\"networks\": {\n"
            "\"hybridstu\": " + entry(hybridstu_file, spec("cube", cube), spec("abundances", x)) + ",\n"
            "\"abundance_step\": " + entry("abundance_step.onnx",
-               spec("x_t", x) + ", " + spec("t", "[1]") + ", " + spec("coef", "[13]") + ", " + spec("noise", x) + ", " +
+               spec("x_t", x) + ", " + spec("t", "[1]") + ", " + spec("coef", "[7]") + ", " + spec("noise", x) + ", " +
                spec("cube", cube) + ", " + spec("endmembers", "[" + p + ", " + b + "]") + ", " + spec("dc_weight", "[1]"),
                spec("x_prev", x)) + ",\n"
            "\"spectra_step\": " + entry("spectra_step.onnx",
-               spec("x_t", "[" + p + ", 1, " + b + "]") + ", " + spec("t", "[" + p + "]") + ", " + spec("coef", "[13]") + ", " +
+               spec("x_t", "[" + p + ", 1, " + b + "]") + ", " + spec("t", "[" + p + "]") + ", " + spec("coef", "[7]") + ", " +
                spec("noise", "[" + p + ", 1, " + b + "]") + ", " + spec("AtA", "[" + p + ", " + p + "]") + ", " +
                spec("AtY", "[" + p + ", " + b + "]") + ", " + spec("scale", "[" + p + "]") + ", " + spec("dc_weight", "[1]"),
                spec("x_prev", "[" + p + ", 1, " + b + "]")) + "},\n"

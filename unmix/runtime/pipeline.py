@@ -35,8 +35,9 @@ Conventions (the C++ core follows the same ones):
   ``counter_step(K, i, r)``; ``sample`` is the sample index. 2D noise is ``STREAM_ABUNDANCE`` with
   channel = endmember; 1D noise is :func:`spectra_noise` (``STREAM_SPECTRA``, sample 0). A step whose
   sigma is 0 gets zeros (no draw).
-- **Forward noising**: ``x_t0 = c[0, 2] * x0 + c[0, 3] * z`` in float32 with ``c`` the float32 DDIM
-  table (columns ``sqrt_alpha_bar_t``, ``sqrt_one_minus_alpha_bar_t`` of the first step, t = t0).
+- **Forward noising**: ``x_t0 = c[0, SQRT_ALPHA_BAR_T] * x0 + c[0, SQRT_ONE_MINUS_ALPHA_BAR_T] * z`` in
+  float32 with ``c`` the float32 DDIM table (columns named by :class:`unmix.diffusion.schedule.Coef`;
+  row 0 is the first step, t = t0).
 - **Abundances**: ``x0 = 2 A - 1``; after the loop ``A = (x + 1) / 2``. **Spectra**: per endmember
   ``scale_k = max_b E[k, b]`` (at least 1e-6), ``x0 = 2 E / scale - 1``, back ``E = max(scale (x + 1) / 2, 0)``.
 - **Statistics** are float64 sums over blocks of :data:`STATISTICS_BLOCK` pixels square (independent of the
@@ -68,7 +69,7 @@ import numpy as np
 
 from unmix.diffusion.noise import (STREAM_ABUNDANCE, STREAM_PIXEL_SAMPLE, counter_step, gaussian, spectra_noise,
                                    uniform_uint32)
-from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
+from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
 from unmix.errors import InputError, UsageError, require_int
 from unmix.io.diskarray import DiskArray
 from unmix.io.scene import Scene
@@ -84,6 +85,8 @@ __all__ = ["MAX_DC_WEIGHT", "MIN_REESTIMATE_SAMPLE", "PipelineConfig", "Pipeline
            "STATISTICS_BLOCK", "dc_weight_for_noise", "predict_abundances", "run_pipeline"]
 
 STATISTICS_BLOCK = 256
+#: The DDIM table's columns of the forward noising (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)).
+A_T, ONE_MINUS_A_T = Coef.SQRT_ALPHA_BAR_T, Coef.SQRT_ONE_MINUS_ALPHA_BAR_T
 _MIN_SCALE = 1e-6
 #: tau, the abundance error assumed for the 2D prior's estimate in :func:`dc_weight_for_noise`: a stated
 #: prior (a tenth of the abundance range), not tuned; it gives the largest weight down to ~30 dB.
@@ -385,11 +388,11 @@ def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY:
     scale = np.maximum(endmembers.max(axis=1), _MIN_SCALE).astype(np.float32)
     x0 = (2.0 * endmembers.astype(np.float32) / scale[:, None] - 1.0)[:, None, :].astype(np.float32)
     z = spectra_noise(cfg.seed, counter_step(K, None, round_index), 0, p, B)[:, None, :]
-    x = (table[0, 2] * x0 + table[0, 3] * z).astype(np.float32)
+    x = (table[0, A_T] * x0 + table[0, ONE_MINUS_A_T] * z).astype(np.float32)
     fixed = {"AtA": (AtA / count).astype(np.float32), "AtY": (AtY / count).astype(np.float32),
              "scale": scale, "dc_weight": np.array([cfg.spectra_dc_weight], dtype=np.float32)}
     for i, t in enumerate(timesteps.tolist()):
-        if table[i, 6] > 0:
+        if table[i, Coef.SIGMA] > 0:
             noise = spectra_noise(cfg.seed, counter_step(K, i, round_index), 0, p, B)[:, None, :]
         else:
             noise = np.zeros((p, 1, B), dtype=np.float32)
@@ -447,9 +450,9 @@ def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endm
         samples = []
         for s in range(S):
             z = noise_at(counter_step(K, None, round_index), s)
-            x = (table[0, 2] * x0 + table[0, 3] * z).astype(np.float32)
+            x = (table[0, A_T] * x0 + table[0, ONE_MINUS_A_T] * z).astype(np.float32)
             for i, t in enumerate(timesteps.tolist()):
-                noise = noise_at(counter_step(K, i, round_index), s) if table[i, 6] > 0 else zeros
+                noise = noise_at(counter_step(K, i, round_index), s) if table[i, Coef.SIGMA] > 0 else zeros
                 feeds = {"x_t": x, "t": np.array([t], dtype=np.float32), "coef": table[i], "noise": noise,
                          "cube": cube, **fixed}
                 x = calls("abundance_step", feeds, "x_prev")
