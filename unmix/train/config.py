@@ -10,9 +10,8 @@ preset is named), ``full`` (best accuracy, no time bound).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +179,7 @@ def _validate(config: TrainConfig) -> None:
     if config.schedule.prediction not in ("epsilon", "v"):
         raise UsageError(f"[schedule] prediction must be 'epsilon' or 'v', got {config.schedule.prediction!r}")
     try:
-        config.inference = dataclasses.replace(config.inference)    # the settings' own checks
+        config.inference = replace(config.inference)    # the settings' own checks
     except UsageError as exc:
         raise UsageError(f"[inference] {exc}") from None
     if not 0 < config.inference.t0 < config.schedule.T:
