@@ -1,12 +1,13 @@
 """Inference settings, defined once: :class:`PipelineConfig` (torch-free).
 
-Every setting is a field of :class:`PipelineConfig` whose metadata is a :class:`Setting`: its kind and
-its range. The same table serves
+Every setting is a field of :class:`PipelineConfig` whose metadata gives its :class:`Setting`: its kind
+and its range (:data:`SETTINGS` lists them). The same table serves
 
 - the Python pipeline (``PipelineConfig.__post_init__`` checks every field by it),
 - the trainer (``unmix.train.config`` records a ``PipelineConfig`` in the checkpoint; the export copies
   it into the manifest's ``inference`` section, the way a diffusers scheduler saves its config),
-- the manifest readers (:func:`check_setting` names the manifest key that is out of range),
+- the manifest readers (each key of the manifest's ``inference`` checked by its setting; the C++ reader
+  by ``settings.inc``),
 - the C++ core: ``cpp_bindings/core/settings.inc`` is written by :func:`cpp_table` (``python -m
   unmix.runtime.settings``) and a test checks that it is current; the C++ ``PipelineConfig`` fields, its
   ``validate()`` and the C ABI's option table are expanded from it,
