@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.readme import update_readme  # noqa: E402
 from unmix.io.envi import CubeWriter  # noqa: E402
 from unmix.io.scene import Scene  # noqa: E402
+from unmix.runtime.settings import c_abi_settings  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = Path(tempfile.gettempdir()) / "unmix-speed-cache"
@@ -525,9 +526,8 @@ def worker(argv: list[str]) -> None:
 # the C++ runtime (cpp_bindings/, OpenVINO backend) and the unmix-run command
 # --------------------------------------------------------------------------------------------------
 
-#: The inference settings unmix_set_option takes (include/unmix.h).
-CPP_SETTINGS = ("steps", "t0", "eta", "samples", "rounds", "overlap", "dc_weight", "spectra_steps", "spectra_t0",
-                "spectra_eta", "refine_spectra", "seed")
+#: The inference settings unmix_set_option takes (include/unmix.h), from the one settings table.
+CPP_SETTINGS = c_abi_settings()
 
 
 def cpp_runner(build: Path) -> Path | None:

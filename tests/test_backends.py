@@ -131,6 +131,8 @@ def test_manifest_round_trip(model_dir):
     (lambda d: d["endmembers"].update(spectra=[[0.1] * BANDS] * 2), "'endmembers.spectra'"),
     (lambda d: d["schedule"].update(kind="quadratic"), "'schedule'"),
     (lambda d: d["schedule"].update(betas=[0.1] * 3), "'schedule.betas'"),
+    (lambda d: d["schedule"]["betas"].__setitem__(7, d["schedule"]["betas"][7] * 1.001), "'schedule.betas'"),
+    (lambda d: d["schedule"].update(kind="cosine"), "'schedule.betas': expected the betas of the cosine schedule"),
     (lambda d: d["inference"].update(t0=50), "'inference.t0'"),
     (lambda d: d["inference"].update(eta=1.5), "'inference.eta'"),
     (lambda d: d["versions"].update(torch=2), "'versions.torch'"),

@@ -1,4 +1,4 @@
-"""unmix.diffusion.schedule: schedules, DDIM timesteps and coefficients, the reference loop, golden files."""
+"""unmix.diffusion: schedules, DDIM timesteps and coefficients, the reference step and loop, golden files."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,6 +11,7 @@ import pytest
 
 from unmix.diffusion import (
     TABLE_COLUMNS,
+    Coef,
     DDIMCoefficients,
     Schedule,
     beta_schedule,
@@ -166,6 +167,15 @@ def test_timesteps_k_equals_t0_plus_one_is_allowed():
 
 # --- coefficients ---
 
+def _table_step(coefficients: DDIMCoefficients, i: int, x_t, out, z):
+    """A DDIM step from the table's columns, as the fused-step graphs take it (float64): x0_hat from
+    ``(x_t, out)``, eps_hat recomputed from x0_hat, then the update."""
+    c = coefficients
+    x0_hat = c.x0_from_x[i] * x_t + c.x0_from_out[i] * out
+    eps_hat = (x_t - c.sqrt_alpha_bar_t[i] * x0_hat) / c.sqrt_one_minus_alpha_bar_t[i]
+    return c.sqrt_alpha_bar_prev[i] * x0_hat + c.dir_coef[i] * eps_hat + c.sigma[i] * z
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_coefficients_shapes_and_identities(prediction, eta):
@@ -188,9 +198,11 @@ def test_coefficients_shapes_and_identities(prediction, eta):
     else:
         assert np.all(sigma[:-1] > 0)
     if prediction == "epsilon":
-        np.testing.assert_allclose(coefficients.c_x, np.sqrt(p / a), rtol=1e-14)
-        np.testing.assert_allclose(coefficients.c_out, coefficients.dir_coef - np.sqrt(p) * np.sqrt(1 - a) / np.sqrt(a),
-                                   rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(coefficients.x0_from_x, 1 / np.sqrt(a), rtol=1e-14)
+        np.testing.assert_allclose(coefficients.x0_from_out, -np.sqrt(1 - a) / np.sqrt(a), rtol=1e-14)
+    else:
+        np.testing.assert_allclose(coefficients.x0_from_x, np.sqrt(a), rtol=1e-14)
+        np.testing.assert_allclose(coefficients.x0_from_out, -np.sqrt(1 - a), rtol=1e-14)
 
 
 def test_eta_one_is_the_ddpm_posterior_variance():
@@ -218,17 +230,17 @@ def test_stochastic_step_has_variance_sigma_squared():
 def test_table_column_order():
     coefficients = ddim_coefficients(Schedule("linear", 1000, prediction="v"), ddim_timesteps(1000, 10), 0.5)
     table = coefficients.as_table()
-    assert table.shape == (10, 13) and table.dtype == np.float32
-    assert TABLE_COLUMNS[:7] == ("alpha_bar_t", "alpha_bar_prev", "sqrt_alpha_bar_t", "sqrt_one_minus_alpha_bar_t",
-                                 "sqrt_alpha_bar_prev", "dir_coef", "sigma")
-    assert TABLE_COLUMNS[7:] == ("x0_from_x", "x0_from_out", "eps_from_x", "eps_from_out", "c_x", "c_out")
+    assert table.shape == (10, 7) and table.dtype == np.float32
+    assert TABLE_COLUMNS == ("sqrt_alpha_bar_t", "sqrt_one_minus_alpha_bar_t", "sqrt_alpha_bar_prev", "dir_coef",
+                             "sigma", "x0_from_x", "x0_from_out")
+    assert [column.name.lower() for column in Coef] == list(TABLE_COLUMNS) and list(Coef) == list(range(7))
     for column, name in enumerate(TABLE_COLUMNS):
         np.testing.assert_array_equal(table[:, column], getattr(coefficients, name).astype(np.float32))
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_fused_and_split_forms_equal_the_reference_step(prediction, eta):
+def test_the_table_form_equals_the_reference_step(prediction, eta):
     schedule = Schedule("cosine", 1000, prediction=prediction)
     coefficients = ddim_coefficients(schedule, ddim_timesteps(1000, 8, 700), eta)
     x_t = make_golden.initial_state()
@@ -236,12 +248,7 @@ def test_fused_and_split_forms_equal_the_reference_step(prediction, eta):
         out = np.cos(x_t * (i + 1))
         z = _noise(x_t.shape, i)
         reference = ddim_step(x_t, out, coefficients, i, z)
-        fused = coefficients.c_x[i] * x_t + coefficients.c_out[i] * out + coefficients.sigma[i] * z
-        x0_hat = coefficients.x0_from_x[i] * x_t + coefficients.x0_from_out[i] * out
-        eps_hat = coefficients.eps_from_x[i] * x_t + coefficients.eps_from_out[i] * out
-        split = (coefficients.sqrt_alpha_bar_prev[i] * x0_hat + coefficients.dir_coef[i] * eps_hat
-                 + coefficients.sigma[i] * z)
-        np.testing.assert_allclose(fused, reference, rtol=1e-12, atol=1e-12)
+        split = _table_step(coefficients, i, x_t, out, z)
         np.testing.assert_allclose(split, reference, rtol=1e-12, atol=1e-12)
         x_t = reference
 
@@ -373,10 +380,10 @@ def test_ddim_golden(name):
     noise_steps = stored["noise"]["steps"]
     assert sorted(map(int, noise_steps)) == [i for i in range(stored["K"]) if coefficients.sigma[i] > 0]
     x = np.array(stored["x_T"])
-    for i, t in enumerate(steps.tolist()):  # replay the tanh trajectory with the fused coefficients
+    for i, t in enumerate(steps.tolist()):  # replay the tanh trajectory with the table's columns
         out = 0.3 * np.tanh(x) + 0.01 * t / schedule.T
         z = np.array(noise_steps[str(i)]) if str(i) in noise_steps else 0.0
-        x = coefficients.c_x[i] * x + coefficients.c_out[i] * out + coefficients.sigma[i] * z
+        x = _table_step(coefficients, i, x, out, z)
         np.testing.assert_allclose(x, stored["predictors"]["tanh"]["trajectory"][i + 1], rtol=1e-12, atol=1e-12)
 
 

@@ -1,6 +1,7 @@
-"""unmix.train.fused: the fused DDIM step modules, the torch Network adapter, and their export.
+"""unmix.export.steps (the fused DDIM step modules), unmix.train.fused (the torch Network adapter), and
+their export.
 
-The fused steps are checked against the explicit numpy reference (``unmix.diffusion.schedule`` in
+The fused steps are checked against the explicit numpy reference (``unmix.diffusion.reference`` in
 float64: x0 from the network output, the data-consistency step and the projection written out, the
 noise recomputed from the edited x0, then ``ddim_step``), to 1e-5.
 """
@@ -10,16 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from unmix.diffusion.schedule import (
-    Schedule,
-    ddim_coefficients,
-    ddim_step,
-    ddim_timesteps,
-    eps_from_x0,
-    v_target,
-    x0_from_eps,
-    x0_from_v,
-)
+from unmix.diffusion.reference import ddim_step, eps_from_x0, v_target, x0_from_eps, x0_from_v
+from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
 from unmix.errors import InputError, UsageError
 from unmix.physics.simplex import project_simplex as project_simplex_numpy
 from unmix.runtime.network import pipeline_specs
@@ -27,19 +20,17 @@ from unmix.runtime.pipeline import PipelineConfig, predict_abundances, run_pipel
 from unmix.runtime.tiling import tile_grid
 from unmix.train.checkpoint import save_checkpoint
 from unmix.runtime.pipeline import MAX_DC_WEIGHT
-from unmix.train.fused import (
+from unmix.export.steps import (
     AbundanceStep,
     SpectraStep,
-    TorchNetwork,
-    example_inputs,
     fused_modules,
-    load_torch_networks,
     project_simplex,
     proximal_solve,
     simplex_proximal,
     spd_inverse,
     spectral_norm_bound,
 )
+from unmix.train.fused import TorchNetwork, example_inputs, load_torch_networks
 from unmix.train.models import HybridSTU, ResUNet
 from tests.test_pipeline import assert_physical, lipschitz_bound, make_scene, proximal, simplex_proximal_reference
 
@@ -205,12 +196,14 @@ def test_abundance_step_equals_the_explicit_reference(prediction):
         np.testing.assert_allclose(fused, expected, atol=1e-5, rtol=0, err_msg=f"step {i}")
         assert np.abs(fused - expected).max() > 0 or i == 9   # a real comparison, not two zeros
         if i == 9:  # the last step: alpha_bar_prev = 1, so x_prev is the projected x0_hat itself
-            assert (table[i, 4], table[i, 5], table[i, 6]) == (1.0, 0.0, 0.0)
+            row = table[i]
+            assert (row[Coef.SQRT_ALPHA_BAR_PREV], row[Coef.DIR_COEF], row[Coef.SIGMA]) == (1.0, 0.0, 0.0)
             abundances = (fused + 1.0) / 2.0
             assert abundances.min() >= 0.0
             np.testing.assert_allclose(abundances.sum(axis=1), 1.0, atol=1e-6)
             with torch.no_grad():
-                x0_hat = table[i, 7] * inputs[0] + table[i, 8] * step.unet(inputs[0], inputs[1])
+                out = step.unet(inputs[0], inputs[1])
+                x0_hat = table[i, Coef.X0_FROM_X] * inputs[0] + table[i, Coef.X0_FROM_OUT] * out
                 a = ((x0_hat + 1) / 2).reshape(2, p, -1)
                 a = simplex_proximal(inputs[5] @ inputs[5].T, inputs[6], inputs[5] @ inputs[4].reshape(2, bands, -1), a)
                 x0_new = 2 * a.reshape(2, p, size, size) - 1

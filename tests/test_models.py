@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unmix.diffusion.schedule import Schedule
-from unmix.diffusion import schedule as np_schedule
+from unmix.diffusion import reference as np_schedule
 from unmix.errors import UsageError
 from unmix.train import ddpm, models
 from unmix.train.ddpm import EMA, diffusion_loss, mse_loss, sam_loss

@@ -4,7 +4,7 @@ The pipeline's own logic is tested with ANALYTIC networks written here: every on
 has a closed form (a least-squares CNN stand-in, the exact denoiser of a Gaussian prior inside the
 fused-step arithmetic), so results can be checked exactly, tiled against untiled pixel for pixel.
 The fused-step arithmetic here (:func:`abundance_step_reference`, :func:`spectra_step_reference`) is
-the numpy statement of ``unmix.train.fused``; tests/test_fused.py checks the torch modules against it.
+the numpy statement of ``unmix.export.steps``; tests/test_fused.py checks the torch modules against it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
+from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
 from unmix.errors import InputError, UsageError
 from unmix.io.scene import Scene
 from unmix.physics.fcls import fcls
@@ -32,7 +32,7 @@ SCHEDULE = Schedule(kind="cosine", T=1000)
 # --- the fused-step arithmetic in numpy (float64) ----------------------------------------------------
 
 def lipschitz_bound(gram: np.ndarray, squarings: int = 3) -> float:
-    """``max(trace * ||(G / trace)^(2^s)||_F^(1/2^s), 1e-12)`` (unmix.train.fused.spectral_norm_bound)."""
+    """``max(trace * ||(G / trace)^(2^s)||_F^(1/2^s), 1e-12)`` (unmix.export.steps.spectral_norm_bound)."""
     gram = np.asarray(gram, dtype=np.float64)
     trace = max(float(np.trace(gram)), 1e-12)
     power = gram / trace
@@ -43,7 +43,7 @@ def lipschitz_bound(gram: np.ndarray, squarings: int = 3) -> float:
 
 def proximal(gram: np.ndarray, data: np.ndarray, prior: np.ndarray, weight) -> np.ndarray:
     """``(w G / s + I)^-1 (w data / s + prior)``, ``s = trace(G) / p``: the fused steps' proximal data
-    consistency (unmix.train.fused), float64; ``data`` and ``prior`` have p rows (any trailing shape)."""
+    consistency (unmix.export.steps), float64; ``data`` and ``prior`` have p rows (any trailing shape)."""
     w = float(np.asarray(weight).reshape(-1)[0])
     p = gram.shape[0]
     s = max(float(np.trace(gram)) / p, 1e-12)
@@ -67,44 +67,47 @@ def simplex_proximal_reference(gram: np.ndarray, endmembers: np.ndarray, cube_pi
 
 
 def abundance_step_reference(x_t, out, coef, noise, cube, endmembers, dc_weight) -> np.ndarray:
-    """One fused 2D step (unmix.train.fused.AbundanceStep's formulas) in float64; x (N, p, h, w)."""
+    """One fused 2D step (unmix.export.steps.AbundanceStep's formulas) in float64; x (N, p, h, w)."""
     c = np.asarray(coef, dtype=np.float64)
     x_t = np.asarray(x_t, dtype=np.float64)
     E = np.asarray(endmembers, dtype=np.float64)
-    x0 = c[7] * x_t + c[8] * np.asarray(out, dtype=np.float64)
+    x0 = c[Coef.X0_FROM_X] * x_t + c[Coef.X0_FROM_OUT] * np.asarray(out, dtype=np.float64)
     a = (x0 + 1.0) / 2.0
     n, p, h, w = a.shape
     pixels = np.asarray(cube, np.float64).transpose(0, 2, 3, 1).reshape(-1, E.shape[1])
     a = simplex_proximal_reference(E @ E.T, E, pixels, a.transpose(0, 2, 3, 1).reshape(-1, p), dc_weight)
     x0 = 2.0 * a.reshape(n, h, w, p).transpose(0, 3, 1, 2) - 1.0
-    eps = (x_t - c[2] * x0) / c[3]
-    return c[4] * x0 + c[5] * eps + c[6] * np.asarray(noise, dtype=np.float64)
+    eps = (x_t - c[Coef.SQRT_ALPHA_BAR_T] * x0) / c[Coef.SQRT_ONE_MINUS_ALPHA_BAR_T]
+    return (c[Coef.SQRT_ALPHA_BAR_PREV] * x0 + c[Coef.DIR_COEF] * eps
+            + c[Coef.SIGMA] * np.asarray(noise, dtype=np.float64))
 
 
 def spectra_step_reference(x_t, out, coef, noise, AtA, AtY, scale, dc_weight) -> np.ndarray:
-    """One fused 1D step (unmix.train.fused.SpectraStep's formulas) in float64; x (p, 1, B)."""
+    """One fused 1D step (unmix.export.steps.SpectraStep's formulas) in float64; x (p, 1, B)."""
     c = np.asarray(coef, dtype=np.float64)
     x_t = np.asarray(x_t, dtype=np.float64)
-    x0 = c[7] * x_t + c[8] * np.asarray(out, dtype=np.float64)
+    x0 = c[Coef.X0_FROM_X] * x_t + c[Coef.X0_FROM_OUT] * np.asarray(out, dtype=np.float64)
     s = np.maximum(np.asarray(scale, dtype=np.float64), 1e-12)[:, None]
     spectra = s * (x0[:, 0, :] + 1.0) / 2.0
     AtA = np.asarray(AtA, dtype=np.float64)
     spectra = np.maximum(proximal(AtA, np.asarray(AtY, dtype=np.float64), spectra, dc_weight), 0.0)
     x0 = (2.0 * spectra / s - 1.0)[:, None, :]
-    eps = (x_t - c[2] * x0) / c[3]
-    return c[4] * x0 + c[5] * eps + c[6] * np.asarray(noise, dtype=np.float64)
+    eps = (x_t - c[Coef.SQRT_ALPHA_BAR_T] * x0) / c[Coef.SQRT_ONE_MINUS_ALPHA_BAR_T]
+    return (c[Coef.SQRT_ALPHA_BAR_PREV] * x0 + c[Coef.DIR_COEF] * eps
+            + c[Coef.SIGMA] * np.asarray(noise, dtype=np.float64))
 
 
 def output_for_x0(x0_target, x_t, coef) -> np.ndarray:
     """The network output (eps or v, per the table's columns) whose x0_hat is ``x0_target``."""
     c = np.asarray(coef, dtype=np.float64)
-    return (np.asarray(x0_target, np.float64) - c[7] * np.asarray(x_t, np.float64)) / c[8]
+    x_t = np.asarray(x_t, np.float64)
+    return (np.asarray(x0_target, np.float64) - c[Coef.X0_FROM_X] * x_t) / c[Coef.X0_FROM_OUT]
 
 
 def gaussian_prior_x0(mean: float | np.ndarray, spread: float):
     """The exact denoiser E[x0 | x_t] of the prior x0 ~ N(mean, spread^2) per value (spread 0: a point)."""
     def denoise(x_t: np.ndarray, coef: np.ndarray) -> np.ndarray:
-        sqrt_a, sqrt_1ma = float(coef[2]), float(coef[3])
+        sqrt_a, sqrt_1ma = float(coef[Coef.SQRT_ALPHA_BAR_T]), float(coef[Coef.SQRT_ONE_MINUS_ALPHA_BAR_T])
         gain = sqrt_a * spread ** 2 / (sqrt_a ** 2 * spread ** 2 + sqrt_1ma ** 2)
         return mean + gain * (np.asarray(x_t, np.float64) - sqrt_a * mean)
     return denoise
@@ -497,7 +500,8 @@ def test_coefficient_table_drives_both_parametrisations():
     np.testing.assert_allclose(v.abundances, eps.abundances, atol=1e-5)
     np.testing.assert_allclose(v.endmembers, eps.endmembers, rtol=1e-5, atol=1e-6)
     coefs = ddim_coefficients(SCHEDULE, ddim_timesteps(1000, 3, 200)).as_table()
-    assert coefs[-1, 4] == 1.0 and coefs[-1, 5] == 0.0 and coefs[-1, 6] == 0.0
+    last = coefs[-1]
+    assert last[Coef.SQRT_ALPHA_BAR_PREV] == 1.0 and last[Coef.DIR_COEF] == 0.0 and last[Coef.SIGMA] == 0.0
 
 
 # --- re-estimating the endmembers on a new cube (run_pipeline(reestimate=N)) --------------------------

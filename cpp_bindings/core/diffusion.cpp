@@ -14,9 +14,8 @@ constexpr double kTwoPowMinus32 = 1.0 / 4294967296.0;
 }  // namespace
 
 const char* const kTableColumnNames[kTableColumns] = {
-    "alpha_bar_t", "alpha_bar_prev", "sqrt_alpha_bar_t", "sqrt_one_minus_alpha_bar_t", "sqrt_alpha_bar_prev",
-    "dir_coef",    "sigma",          "x0_from_x",        "x0_from_out",                "eps_from_x",
-    "eps_from_out", "c_x",           "c_out"};
+    "sqrt_alpha_bar_t", "sqrt_one_minus_alpha_bar_t", "sqrt_alpha_bar_prev", "dir_coef", "sigma", "x0_from_x",
+    "x0_from_out"};
 
 void Schedule::validate() const {
     if (kind != "linear" && kind != "cosine")
@@ -92,6 +91,8 @@ DDIMCoefficients ddim_coefficients(const Schedule& schedule, const std::vector<i
     const size_t K = timesteps.size();
     c.prev_timesteps.resize(K);
     for (size_t i = 0; i < K; ++i) c.prev_timesteps[i] = i + 1 < K ? timesteps[i + 1] : -1;
+    c.alpha_bar_t.resize(K);
+    c.alpha_bar_prev.resize(K);
     for (auto& column : c.columns) column.resize(K);
     const bool epsilon = schedule.prediction == "epsilon";
     for (size_t i = 0; i < K; ++i) {
@@ -100,31 +101,18 @@ DDIMCoefficients ddim_coefficients(const Schedule& schedule, const std::vector<i
         double sigma = eta * std::sqrt((1.0 - p) / (1.0 - a)) * std::sqrt(1.0 - a / p);
         double dir = std::sqrt(std::max(1.0 - p - sigma * sigma, 0.0));
         double sqrt_a = std::sqrt(a), sqrt_1ma = std::sqrt(1.0 - a), sqrt_p = std::sqrt(p);
-        double x0_from_x, x0_from_out, eps_from_x, eps_from_out;
-        if (epsilon) {
-            x0_from_x = 1.0 / sqrt_a;
-            x0_from_out = -sqrt_1ma / sqrt_a;
-            eps_from_x = 0.0;
-            eps_from_out = 1.0;
-        } else {
-            x0_from_x = sqrt_a;
-            x0_from_out = -sqrt_1ma;
-            eps_from_x = sqrt_1ma;
-            eps_from_out = sqrt_a;
-        }
-        const double values[kTableColumns] = {a,
-                                              p,
-                                              sqrt_a,
-                                              sqrt_1ma,
-                                              sqrt_p,
-                                              dir,
-                                              sigma,
-                                              x0_from_x,
-                                              x0_from_out,
-                                              eps_from_x,
-                                              eps_from_out,
-                                              sqrt_p * x0_from_x + dir * eps_from_x,
-                                              sqrt_p * x0_from_out + dir * eps_from_out};
+        const double x0_from_x = epsilon ? 1.0 / sqrt_a : sqrt_a;
+        const double x0_from_out = epsilon ? -sqrt_1ma / sqrt_a : -sqrt_1ma;
+        c.alpha_bar_t[i] = a;
+        c.alpha_bar_prev[i] = p;
+        double values[kTableColumns];
+        values[kSqrtAlphaBarT] = sqrt_a;
+        values[kSqrtOneMinusAlphaBarT] = sqrt_1ma;
+        values[kSqrtAlphaBarPrev] = sqrt_p;
+        values[kDirCoef] = dir;
+        values[kSigma] = sigma;
+        values[kX0FromX] = x0_from_x;
+        values[kX0FromOut] = x0_from_out;
         for (int col = 0; col < kTableColumns; ++col) c.columns[col][i] = values[col];
     }
     return c;
@@ -133,7 +121,7 @@ DDIMCoefficients ddim_coefficients(const Schedule& schedule, const std::vector<i
 void ddim_step(const DDIMCoefficients& c, const std::string& prediction, int i, const double* x_t, const double* out,
                const double* noise, double* x_prev, size_t n) {
     if (i < 0 || i >= c.steps()) throw UsageError("step index must be < K = " + std::to_string(c.steps()));
-    const double a = c.columns[0][i], p = c.columns[1][i], sigma = c.columns[6][i];
+    const double a = c.alpha_bar_t[i], p = c.alpha_bar_prev[i], sigma = c.columns[kSigma][i];
     if (sigma > 0.0 && !noise) throw UsageError("DDIM step " + std::to_string(i) + " has sigma > 0 (eta > 0) and needs noise");
     const double dir = std::sqrt(std::max(1.0 - p - sigma * sigma, 0.0));
     for (size_t k = 0; k < n; ++k) {

@@ -28,19 +28,31 @@ struct Schedule {
     std::vector<double> alphas_cumprod() const;  // (T,) sequential product of (1 - beta)
 };
 
-constexpr int kTableColumns = 13;
+// The columns of the DDIM table a fused-step graph reads (its "coef" input), in the order and with the
+// names of unmix.diffusion.schedule.Coef (the golden test checks kTableColumnNames against the golden
+// files' table_columns, written from the Python list).
+enum Coef : int {
+    kSqrtAlphaBarT,         // sqrt(alpha_bar_t)
+    kSqrtOneMinusAlphaBarT, // sqrt(1 - alpha_bar_t)
+    kSqrtAlphaBarPrev,      // sqrt(alpha_bar_prev)
+    kDirCoef,               // sqrt(1 - alpha_bar_prev - sigma^2)
+    kSigma,
+    kX0FromX,               // x0_hat = x0_from_x * x_t + x0_from_out * out
+    kX0FromOut,
+    kTableColumns
+};
+
+extern const char* const kTableColumnNames[kTableColumns];
 
 std::vector<int64_t> ddim_timesteps(int T, int K, int t0 = -1);  // t0 = -1: T - 1
 
 struct DDIMCoefficients {
     std::vector<int64_t> timesteps, prev_timesteps;
-    // columns in TABLE_COLUMNS order, each (K,)
-    std::array<std::vector<double>, kTableColumns> columns;
+    std::vector<double> alpha_bar_t, alpha_bar_prev;         // each (K,)
+    std::array<std::vector<double>, kTableColumns> columns;  // in Coef order, each (K,)
     int steps() const { return static_cast<int>(timesteps.size()); }
-    std::vector<float> table() const;  // (K, 13) row-major float32
+    std::vector<float> table() const;  // (K, kTableColumns) row-major float32
 };
-
-extern const char* const kTableColumnNames[kTableColumns];
 
 DDIMCoefficients ddim_coefficients(const Schedule& schedule, const std::vector<int64_t>& timesteps, double eta);
 

@@ -1,5 +1,6 @@
 #include "manifest.hpp"
 
+#include "settings.hpp"
 #include "sha256.hpp"
 
 #include <sys/stat.h>
@@ -7,6 +8,7 @@
 #include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 
@@ -15,6 +17,8 @@ namespace unmix {
 namespace {
 
 const char* const kFormat = "unmix-manifest/1";
+// unmix.runtime.manifest.BETAS_RTOL
+constexpr double kBetasRtol = 1e-9;
 
 bool is_dir(const std::string& path) {
     struct stat info;
@@ -155,6 +159,36 @@ void check_precision(const Checker& check, const Json& precision, const std::str
         check.fail(key, "one of fp32, fp16", precision);
 }
 
+std::string bound(double value) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", value);
+    return text;
+}
+
+// A setting of the manifest's "inference" against its kind and range (settings.inc).
+void check_setting(const Checker& check, const Json& value, const std::string& key, SettingKind kind, double minimum,
+                   double maximum, const std::string& choices) {
+    switch (kind) {
+        case SettingKind::Integer:
+        case SettingKind::Seed:
+            if (!value.is_integer() || value.as_integer() < minimum || static_cast<double>(value.as_integer()) > maximum)
+                check.fail(key, "an integer in [" + bound(minimum) + ", " + bound(maximum) + "]", value);
+            return;
+        case SettingKind::Number:
+            if (!value.is_number() || !(value.as_number() >= minimum && value.as_number() <= maximum))
+                check.fail(key, "a number in [" + bound(minimum) + ", " + bound(maximum) + "]", value);
+            return;
+        case SettingKind::Flag:
+            if (!value.is_bool()) check.fail(key, "true or false", value);
+            return;
+        case SettingKind::Choice:
+            if (!value.is_string() || value.as_string().empty() || value.as_string().find(' ') != std::string::npos ||
+                (" " + choices + " ").find(" " + value.as_string() + " ") == std::string::npos)
+                check.fail(key, "one of " + choices, value);
+            return;
+    }
+}
+
 }  // namespace
 
 std::string verified_network_file(const std::string& manifest_path, const NetworkEntry& entry, bool prefer_reference) {
@@ -238,21 +272,26 @@ Manifest parse_manifest(const Json& data, const std::string& model_dir, const st
     } catch (const UsageError& error) {
         check.fail("schedule", std::string("a valid schedule (") + error.what() + ")");
     }
+    // The betas spell the schedule out; they must be the ones rebuilt from its configuration.
     m.betas = check.numbers(schedule["betas"], "schedule.betas", m.schedule.T);
-    for (double b : m.betas)
-        if (!(b > 0.0 && b < 1.0)) check.fail("schedule.betas", "values in (0, 1)");
+    const std::vector<double> expected = m.schedule.betas();
+    for (size_t t = 0; t < expected.size(); ++t)
+        if (!(std::fabs(m.betas[t] - expected[t]) <= kBetasRtol * expected[t]))
+            check.fail("schedule.betas", "the betas of the " + m.schedule.kind + " schedule with T = " +
+                                             std::to_string(m.schedule.T) + " (index " + std::to_string(t) + ")",
+                       schedule["betas"][t]);
 
     const Json& inference = check.mapping(data["inference"], "inference", {"steps", "t0", "samples", "rounds", "tile", "eta"});
     m.inference = inference;
-    m.steps = static_cast<int>(check.integer(inference["steps"], "inference.steps", 1));
-    m.t0 = static_cast<int>(check.integer(inference["t0"], "inference.t0", 1));
-    m.samples = static_cast<int>(check.integer(inference["samples"], "inference.samples", 1));
-    m.rounds = static_cast<int>(check.integer(inference["rounds"], "inference.rounds", 1));
-    m.tile = static_cast<int>(check.integer(inference["tile"], "inference.tile", 1));
-    if (m.t0 >= m.schedule.T)
+#define UNMIX_SETTING(NAME, KIND, FIXED, MINIMUM, MAXIMUM, DEFAULT, CHOICES)                                          \
+    if (inference.has(#NAME))                                                                                          \
+        check_setting(check, inference[#NAME], "inference." #NAME, SettingKind::KIND, static_cast<double>(MINIMUM), \
+                      static_cast<double>(MAXIMUM), CHOICES);
+#include "settings.inc"
+#undef UNMIX_SETTING
+    m.tile = static_cast<int>(inference["tile"].as_integer());
+    if (inference["t0"].as_integer() >= m.schedule.T)
         check.fail("inference.t0", "an integer below schedule.T = " + std::to_string(m.schedule.T), inference["t0"]);
-    m.eta = check.number(inference["eta"], "inference.eta");
-    if (!(m.eta >= 0.0 && m.eta <= 1.0)) check.fail("inference.eta", "a number in [0, 1]", inference["eta"]);
 
     const Json& sensor = check.mapping(data["sensor"], "sensor", {"bands", "wavelengths"});
     m.bands = static_cast<int>(check.integer(sensor["bands"], "sensor.bands", 1));

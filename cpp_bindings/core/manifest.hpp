@@ -42,11 +42,10 @@ struct Manifest {
     std::string path, model_dir;
     std::vector<NetworkEntry> networks;
     Schedule schedule;
-    std::vector<double> betas;
-    // inference defaults; the optional keys keep PipelineConfig's defaults when absent
-    int steps = 10, t0 = 300, samples = 1, rounds = 1, tile = 64;
-    double eta = 0.0;
-    Json inference;  // the whole mapping as written
+    std::vector<double> betas;  // as written; equal (to 1e-9 relative) to schedule.betas()
+    int tile = 64;   // inference.tile, the networks' tile size
+    Json inference;  // the inference defaults as written, each checked against settings.inc; absent ones
+                     // keep PipelineConfig's defaults
     int bands = 0;
     std::vector<double> wavelengths;  // empty when null
     std::vector<std::string> endmember_names;

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
+#include <string>
 
 #include "manifest.hpp"
 #include "tile_steps.hpp"
@@ -20,22 +22,31 @@ size_t TensorView::numel() const {
     return n;
 }
 
+namespace {
+
+std::string number_text(double value) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", value);
+    return text;
+}
+
+template <typename Value>
+void check_range(const char* name, Value value, double minimum, double maximum) {
+    const double v = static_cast<double>(value);
+    if (!(v >= minimum && v <= maximum))
+        throw UsageError(std::string(name) + " must be >= " + number_text(minimum) + " and <= " + number_text(maximum) +
+                         ", got " + number_text(v));
+}
+
+}  // namespace
+
 void PipelineConfig::validate() const {
-    if (steps < 1) throw UsageError("steps must be >= 1, got " + std::to_string(steps));
-    if (t0 < 0) throw UsageError("t0 must be >= 0, got " + std::to_string(t0));
-    if (!(eta >= 0.0 && eta <= 1.0)) throw UsageError("eta must be >= 0.0 and <= 1.0");
-    if (samples < 1 || samples > 65535) throw UsageError("samples must be >= 1 and <= 65535");
-    if (rounds < 1) throw UsageError("rounds must be >= 1");
-    if (tile < 1) throw UsageError("tile must be >= 1");
-    if (overlap < 0 || overlap >= tile)
+#define UNMIX_SETTING(NAME, KIND, FIXED, MINIMUM, MAXIMUM, DEFAULT, CHOICES) \
+    check_range(#NAME, NAME, static_cast<double>(MINIMUM), static_cast<double>(MAXIMUM));
+#include "settings.inc"
+#undef UNMIX_SETTING
+    if (overlap >= tile)
         throw UsageError("overlap must be smaller than tile (" + std::to_string(tile) + "), got " + std::to_string(overlap));
-    if (!(dc_weight >= 0.0 && dc_weight <= kMaxDcWeight)) throw UsageError("dc_weight must be >= 0.0 and <= 1000.0");
-    if (!(spectra_dc_weight >= 0.0 && spectra_dc_weight <= kMaxDcWeight))
-        throw UsageError("spectra_dc_weight must be >= 0.0 and <= 1000.0");
-    if (spectra_steps < 1) throw UsageError("spectra_steps must be >= 1");
-    if (spectra_t0 < 0) throw UsageError("spectra_t0 must be >= 0");
-    if (!(spectra_eta >= 0.0 && spectra_eta <= 1.0)) throw UsageError("spectra_eta must be >= 0.0 and <= 1.0");
-    if (seed > kMaxSeed) throw UsageError("seed must be an integer in 0..2^53");
     counter_step(steps, steps - 1, rounds - 1);
     counter_step(spectra_steps, spectra_steps - 1, rounds - 1);
 }
@@ -330,7 +341,7 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
 
     statistics(cube, mask, A.data(), H, W, B, p, nullptr, nullptr, st, stats_work);
     std::vector<double> E;
-    if (initial_endmembers && cfg.initial_from_model)
+    if (initial_endmembers && cfg.initial_endmembers)
         E.assign(initial_endmembers, initial_endmembers + static_cast<size_t>(p) * B);
     else
         E = nnls_endmembers(st.AtA, st.AtY, p, B);

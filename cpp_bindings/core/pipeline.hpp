@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "diffusion.hpp"
+#include "settings.hpp"
 
 namespace unmix {
 
@@ -36,30 +37,18 @@ public:
     virtual void run(const std::string& network, const std::vector<TensorView>& in, std::vector<TensorView>& out) = 0;
 };
 
-// The largest data-consistency weight (unmix.runtime.pipeline.MAX_DC_WEIGHT).
-constexpr double kMaxDcWeight = 1000.0;
-// The largest seed, 2^53 (as unmix.runtime.pipeline.PipelineConfig): seeds travel as doubles (JSON,
+// The largest seed, 2^53 (unmix.runtime.settings.SEED_MAX): seeds travel as doubles (JSON,
 // unmix_set_option), which hold every integer up to 2^53 exactly.
 constexpr uint64_t kMaxSeed = 9007199254740992ull;
 
+// Every inference setting, from settings.inc (unmix.runtime.settings.PipelineConfig), with its default.
+// initial_endmembers: true "model", false "statistics".
 struct PipelineConfig {
-    int steps = 10;
-    int t0 = 100;
-    double eta = 0.0;
-    int samples = 1;
-    int rounds = 1;
-    int tile = 64;
-    int overlap = 16;
-    double dc_weight = 100.0;         // proximal data-consistency weight of the 2D step (0 .. kMaxDcWeight)
-    int spectra_steps = 10;
-    int spectra_t0 = 200;
-    double spectra_eta = 0.0;
-    double spectra_dc_weight = 1.0;   // the same for the 1D step
-    bool refine_spectra = false;
-    bool initial_from_model = true;   // initial_endmembers "model" (true) or "statistics" (false)
-    uint64_t seed = 0;                // 0 .. kMaxSeed
+#define UNMIX_SETTING(NAME, KIND, FIXED, MINIMUM, MAXIMUM, DEFAULT, CHOICES) UNMIX_SETTING_TYPE_##KIND NAME = DEFAULT;
+#include "settings.inc"
+#undef UNMIX_SETTING
 
-    void validate() const;  // throws UsageError, like PipelineConfig.__post_init__
+    void validate() const;  // throws UsageError: the ranges of settings.inc, overlap < tile, the noise counters
 };
 
 struct PipelineStats {
@@ -89,7 +78,7 @@ public:
 
     // cube (H, W, B) float32 row-major; outputs (H, W, p), (p, B), (H, W). Throws on error.
     // initial_endmembers (p, B), optional: the model's (or the caller's) endmembers, E0 when
-    // config.initial_from_model; otherwise (or when NULL) E0 is the NNLS estimate from pass 1's statistics
+    // config.initial_endmembers; otherwise (or when NULL) E0 is the NNLS estimate from pass 1's statistics
     // (run_pipeline's `endmembers`). uncertainty (H, W), optional: written when samples > 1 (the mean over
     // endmembers of the per-pixel standard deviation across samples), else filled with NaN.
     void run(const float* cube, int H, int W, const PipelineConfig& config, float* abundances, float* endmembers,

@@ -107,10 +107,10 @@ const float* TileSteps::refine_tile(const Tile& tile, int round, const float* en
     std::fill(spread_m2_.begin(), spread_m2_.end(), 0.0);
     const uint32_t row0 = static_cast<uint32_t>(tile.row0), col0 = static_cast<uint32_t>(tile.col0);
     for (int s = 0; s < S; ++s) {
-        // forward noising to t0: x = c[0,2] x0 + c[0,3] z (float32)
+        // forward noising to t0: x = sqrt(alpha_bar_t0) x0 + sqrt(1 - alpha_bar_t0) z (float32)
         gaussian_window_chw(cfg_.seed, kStreamAbundance, counter_step(K, -1, round), static_cast<uint32_t>(s), row0, T,
                             col0, T, p, z_.data());
-        const float c2 = table_[2], c3 = table_[3];
+        const float c2 = table_[kSqrtAlphaBarT], c3 = table_[kSqrtOneMinusAlphaBarT];
         for (size_t n = 0; n < p * TT; ++n) {
             const float lhs = c2 * x0_[n], rhs = c3 * z_[n];
             x_a_[n] = lhs + rhs;
@@ -119,7 +119,7 @@ const float* TileSteps::refine_tile(const Tile& tile, int round, const float* en
         float* next = x_b_.data();
         for (int i = 0; i < K; ++i) {
             for (int c = 0; c < kTableColumns; ++c) coef_[c] = table_[i * kTableColumns + c];
-            if (coef_[6] > 0.0f) {
+            if (coef_[kSigma] > 0.0f) {
                 gaussian_window_chw(cfg_.seed, kStreamAbundance, counter_step(K, i, round), static_cast<uint32_t>(s),
                                     row0, T, col0, T, p, z_.data());
                 a_in_[3].data = z_.data();
@@ -175,7 +175,7 @@ void TileSteps::refine_spectra(std::vector<double>& E, const std::vector<double>
         s_scale_[k] = static_cast<float>(std::max(m, kMinSpectraScale));
     }
     spectra_noise(cfg_.seed, counter_step(KS, -1, round), 0, p, B, s_noise_.data());
-    const float c2 = spectra_table_[2], c3 = spectra_table_[3];
+    const float c2 = spectra_table_[kSqrtAlphaBarT], c3 = spectra_table_[kSqrtOneMinusAlphaBarT];
     for (int k = 0; k < p; ++k)
         for (int b = 0; b < B; ++b) {
             const float e = static_cast<float>(E[k * B + b]);
@@ -189,7 +189,7 @@ void TileSteps::refine_spectra(std::vector<double>& E, const std::vector<double>
     float* next = s_x_b_.data();
     for (int i = 0; i < KS; ++i) {
         for (int c = 0; c < kTableColumns; ++c) coef_[c] = spectra_table_[i * kTableColumns + c];
-        if (coef_[6] > 0.0f)
+        if (coef_[kSigma] > 0.0f)
             spectra_noise(cfg_.seed, counter_step(KS, i, round), 0, p, B, s_noise_.data());
         else
             std::fill(s_noise_.begin(), s_noise_.end(), 0.0f);

@@ -77,10 +77,10 @@ void shapes(unmix_handle& h) {
                                 std::to_string(h.manifest.endmember_count()));
 }
 
-// Every inference setting, once: its name in the C ABI and in the manifest's "inference", how a value
-// is checked, and where it lives in PipelineConfig. defaults(), unmix_set_option and unmix_get_option
-// all go through this table.
-enum class Kind { Integer, Number, Flag, Seed, Model, ReadOnly };
+// Every inference setting (settings.inc, written from unmix.runtime.settings): its name in the C ABI and
+// in the manifest's "inference", how a value is checked, and where it lives in PipelineConfig.
+// defaults(), unmix_set_option and unmix_get_option all go through this table.
+enum class Kind { Integer, Number, Flag, Seed, Choice, ReadOnly };
 
 struct Setting {
     const char* name;
@@ -90,28 +90,13 @@ struct Setting {
     void (*set)(unmix::PipelineConfig&, double);
 };
 
-#define UNMIX_SETTING(NAME, FIELD, KIND, MINIMUM)                                                            \
-    Setting {                                                                                                 \
-        NAME, KIND, MINIMUM, [](const unmix::PipelineConfig& c) { return static_cast<double>(c.FIELD); },  \
-            [](unmix::PipelineConfig& c, double v) { c.FIELD = static_cast<decltype(c.FIELD)>(v); }           \
-    }
+#define UNMIX_SETTING(NAME, KIND, FIXED, MINIMUM, MAXIMUM, DEFAULT, CHOICES)                                   \
+    Setting{#NAME, (FIXED) ? Kind::ReadOnly : Kind::KIND, static_cast<int>(MINIMUM),                            \
+            [](const unmix::PipelineConfig& c) { return static_cast<double>(c.NAME); },                         \
+            [](unmix::PipelineConfig& c, double v) { c.NAME = static_cast<decltype(c.NAME)>(v); }},
 
 const Setting kSettings[] = {
-    UNMIX_SETTING("steps", steps, Kind::Integer, 1),
-    UNMIX_SETTING("t0", t0, Kind::Integer, 0),
-    UNMIX_SETTING("eta", eta, Kind::Number, 0),
-    UNMIX_SETTING("samples", samples, Kind::Integer, 1),
-    UNMIX_SETTING("rounds", rounds, Kind::Integer, 1),
-    UNMIX_SETTING("tile", tile, Kind::ReadOnly, 0),
-    UNMIX_SETTING("overlap", overlap, Kind::Integer, 0),
-    UNMIX_SETTING("dc_weight", dc_weight, Kind::Number, 0),
-    UNMIX_SETTING("spectra_steps", spectra_steps, Kind::Integer, 1),
-    UNMIX_SETTING("spectra_t0", spectra_t0, Kind::Integer, 0),
-    UNMIX_SETTING("spectra_eta", spectra_eta, Kind::Number, 0),
-    UNMIX_SETTING("refine_spectra", refine_spectra, Kind::Flag, 0),
-    UNMIX_SETTING("spectra_dc_weight", spectra_dc_weight, Kind::Number, 0),
-    UNMIX_SETTING("initial_endmembers", initial_from_model, Kind::Model, 0),  // 1 model, 0 statistics
-    UNMIX_SETTING("seed", seed, Kind::Seed, 0),
+#include "../core/settings.inc"
 };
 
 #undef UNMIX_SETTING
@@ -134,7 +119,7 @@ double checked(const Setting& s, double value) {
                 throw unmix::UsageError("seed must be an integer in 0..2^53");
             return value;
         case Kind::Flag:
-        case Kind::Model:
+        case Kind::Choice:  // 1: the first choice ("model"), 0: the second ("statistics")
             return value != 0.0 ? 1.0 : 0.0;
         case Kind::ReadOnly:
             throw unmix::UsageError(std::string(s.name) + " is fixed by the exported networks and cannot be set");
@@ -164,7 +149,7 @@ bool from_manifest(const Setting& s, const unmix::Json& value, double* out) {
             if (!value.is_bool()) return false;
             *out = value.as_bool() ? 1.0 : 0.0;
             return true;
-        case Kind::Model:
+        case Kind::Choice:
             if (!value.is_string()) return false;
             *out = value.as_string() != "statistics" ? 1.0 : 0.0;
             return true;
@@ -205,7 +190,7 @@ void run_checked(unmix_handle& h, const char* function, const float* cube, int64
         throw unmix::UsageError(std::string(function) + ": H and W must be in 1..1000000");
     check_bands(h, B);
     // Without the caller's endmembers the manifest's (learnt with HybridSTU) start the pipeline, as in
-    // unmix.Unmixer; config.initial_from_model = false uses the NNLS estimate instead.
+    // unmix.Unmixer; config.initial_endmembers = false uses the NNLS estimate instead.
     const float* start = endmembers_in ? endmembers_in : h.manifest.endmembers.data();
     h.pipeline->run(cube, static_cast<int>(H), static_cast<int>(W), h.config, abundances, endmembers, rmse, start,
                     uncertainty);

@@ -34,8 +34,9 @@ void invert(const double* m, int p, double* gauss, double* inverse, const std::s
 
 // The fused step from x0_hat: x_prev = sqrt(a_prev) x0 + dir * (x_t - sqrt(a_t) x0) / sqrt(1 - a_t) + sigma z.
 inline float step(const float* coef, float x_t, float x0, float noise) {
-    const double eps = (double(x_t) - double(coef[2]) * x0) / double(coef[3]);
-    return static_cast<float>(double(coef[4]) * x0 + double(coef[5]) * eps + double(coef[6]) * noise);
+    const double eps = (double(x_t) - double(coef[kSqrtAlphaBarT]) * x0) / double(coef[kSqrtOneMinusAlphaBarT]);
+    return static_cast<float>(double(coef[kSqrtAlphaBarPrev]) * x0 + double(coef[kDirCoef]) * eps +
+                              double(coef[kSigma]) * noise);
 }
 }  // namespace
 
@@ -90,8 +91,8 @@ void AnalyticBackend::run(const std::string& network, const std::vector<TensorVi
                    cube.shape[2] == result.shape[2] && cube.shape[3] == result.shape[3],
                network, "shapes must be cube (1, B, T, T) -> (1, p, T, T)");
         const float* spectra = head ? spectra_.data() : in[5].data;
-        if (!head) expect(in[5].numel() == size_t(p) * B && in[2].numel() == 13 && in[0].numel() == result.numel() &&
-                              in[3].numel() == result.numel(), network, "endmembers (p, B), coef (13,), x_t/noise (1, p, T, T)");
+        if (!head) expect(in[5].numel() == size_t(p) * B && in[2].numel() == kTableColumns && in[0].numel() == result.numel() &&
+                              in[3].numel() == result.numel(), network, "endmembers (p, B), coef (kTableColumns,), x_t/noise (1, p, T, T)");
         gram_of(spectra);
         const size_t plane = static_cast<size_t>(cube.shape[2]) * cube.shape[3];
         for (size_t px = 0; px < plane; ++px) {
@@ -111,7 +112,7 @@ void AnalyticBackend::run(const std::string& network, const std::vector<TensorVi
     if (network == "spectra_step") {
         expect(in.size() == 8 && out.size() == 1, network, "expects 8 inputs and 1 output");
         expect(in[0].numel() == size_t(p) * B && out[0].numel() == in[0].numel() && in[3].numel() == in[0].numel() &&
-                   in[2].numel() == 13 && in[4].numel() == size_t(p) * p && in[5].numel() == size_t(p) * B &&
+                   in[2].numel() == kTableColumns && in[4].numel() == size_t(p) * p && in[5].numel() == size_t(p) * B &&
                    in[6].numel() == size_t(p),
                network, "x_t (p, 1, B), AtA (p, p), AtY (p, B), scale (p,)");
         double* gram = rhs_.data() + static_cast<size_t>(p) * B;

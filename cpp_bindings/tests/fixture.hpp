@@ -4,6 +4,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <string>
 
@@ -24,8 +27,18 @@ inline std::string manifest(const std::string& hybridstu_file) {
         return "{\"file\": \"" + file + "\", \"sha256\": \"" + sha + "\", \"opset\": 20, \"precision\": \"fp32\", \"inputs\": [" +
                inputs + "], \"outputs\": [" + outputs + "]}";
     };
+    // The cosine schedule's betas (T = 1000, s = 0.008, at most 0.999), as the reader checks them.
     std::string betas;
-    for (int t = 0; t < 1000; ++t) betas += (t ? ", " : "") + std::string("0.01");
+    const double pi = 3.14159265358979323846;
+    auto f = [&](int t) {
+        const double c = std::cos((t / 1000.0 + 0.008) / 1.008 * (pi / 2.0));
+        return c * c;
+    };
+    for (int t = 0; t < 1000; ++t) {
+        char value[32];
+        std::snprintf(value, sizeof value, "%.17g", std::min(1.0 - f(t + 1) / f(t), 0.999));
+        betas += (t ? ", " : "") + std::string(value);
+    }
     std::string spectra;
     for (int k = 0; k < P; ++k) {
         spectra += k ? ", [" : "[";
@@ -35,11 +48,11 @@ inline std::string manifest(const std::string& hybridstu_file) {
     return "{\n\"format\": \"unmix-manifest/1\",\n\"networks\": {\n"
            "\"hybridstu\": " + entry(hybridstu_file, spec("cube", cube), spec("abundances", x)) + ",\n"
            "\"abundance_step\": " + entry("abundance_step.onnx",
-               spec("x_t", x) + ", " + spec("t", "[1]") + ", " + spec("coef", "[13]") + ", " + spec("noise", x) + ", " +
+               spec("x_t", x) + ", " + spec("t", "[1]") + ", " + spec("coef", "[7]") + ", " + spec("noise", x) + ", " +
                spec("cube", cube) + ", " + spec("endmembers", "[" + p + ", " + b + "]") + ", " + spec("dc_weight", "[1]"),
                spec("x_prev", x)) + ",\n"
            "\"spectra_step\": " + entry("spectra_step.onnx",
-               spec("x_t", "[" + p + ", 1, " + b + "]") + ", " + spec("t", "[" + p + "]") + ", " + spec("coef", "[13]") + ", " +
+               spec("x_t", "[" + p + ", 1, " + b + "]") + ", " + spec("t", "[" + p + "]") + ", " + spec("coef", "[7]") + ", " +
                spec("noise", "[" + p + ", 1, " + b + "]") + ", " + spec("AtA", "[" + p + ", " + p + "]") + ", " +
                spec("AtY", "[" + p + ", " + b + "]") + ", " + spec("scale", "[" + p + "]") + ", " + spec("dc_weight", "[1]"),
                spec("x_prev", "[" + p + ", 1, " + b + "]")) + "},\n"

@@ -97,6 +97,16 @@ void test_errors(const std::string& base) {
     make_model(escape, "../outside.onnx");
     CHECK(open_status(escape, "analytic", &message) == UNMIX_ERROR_INPUT);
     CHECK(message.find("networks.hybridstu.file") != std::string::npos);
+    // betas that are not the schedule's (here the first one) are refused
+    const std::string drifted = base + "_betas";
+    make_model(drifted);
+    std::string text = manifest("hybridstu.onnx");
+    const size_t first = text.find("\"betas\": [") + 10;
+    text.replace(first, text.find(',', first) - first, "0.5");
+    write(drifted + "/manifest.json", text);
+    CHECK(open_status(drifted, "analytic", &message) == UNMIX_ERROR_INPUT);
+    CHECK(message.find("'schedule.betas': expected the betas of the cosine schedule with T = 1000 (index 0)") !=
+          std::string::npos);
     const std::string missing = base + "_missing";
     make_model(missing, "absent.onnx");
     CHECK(open_status(missing, "analytic", &message) == UNMIX_ERROR_MISSING_INPUT);

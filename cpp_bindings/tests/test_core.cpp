@@ -82,6 +82,14 @@ void test_ddim_golden(const std::string& golden, const char* name) {
     for (size_t i = 0; i < steps.size(); ++i) CHECK_MSG(steps[i] == c["timesteps"][i].as_integer(), name);
     const DDIMCoefficients co = ddim_coefficients(s, steps, g["eta"].as_number());
     for (size_t i = 0; i < steps.size(); ++i) CHECK_MSG(co.prev_timesteps[i] == c["prev_timesteps"][i].as_integer(), name);
+    // the C++ column names and order are Python's (unmix.diffusion.schedule.Coef, written as table_columns)
+    CHECK_MSG(g["table_columns"].size() == static_cast<size_t>(kTableColumns), name);
+    for (int col = 0; col < kTableColumns; ++col)
+        CHECK_MSG(g["table_columns"][col].as_string() == kTableColumnNames[col], kTableColumnNames[col]);
+    for (size_t i = 0; i < steps.size(); ++i) {
+        worst = std::max(worst, std::fabs(co.alpha_bar_t[i] - c["alpha_bar_t"][i].as_number()));
+        worst = std::max(worst, std::fabs(co.alpha_bar_prev[i] - c["alpha_bar_prev"][i].as_number()));
+    }
     for (int col = 0; col < kTableColumns; ++col) {
         const Json& expected = c[kTableColumnNames[col]];
         CHECK_MSG(expected.size() == steps.size(), kTableColumnNames[col]);
@@ -111,7 +119,7 @@ void test_ddim_golden(const std::string& golden, const char* name) {
                 else if (s.prediction == "epsilon") out[k] = (x[k] - std::sqrt(a) * m[k]) / std::sqrt(1.0 - a);
                 else out[k] = (std::sqrt(a) * x[k] - m[k]) / std::sqrt(1.0 - a);
             }
-            const bool stochastic = co.columns[6][i] > 0.0;
+            const bool stochastic = co.columns[kSigma][i] > 0.0;
             if (stochastic) {
                 const uint32_t seed = static_cast<uint32_t>(g["noise"]["seed"].as_integer());
                 gaussian_window(seed, kStreamAbundance, counter_step(K, i, 0), 0, 0, 2, 0, 3, 4, z32.data());

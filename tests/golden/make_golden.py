@@ -7,9 +7,10 @@
 
 Files:
 
-- ``ddim_*.json``: a schedule config, K, t0, eta, the timesteps, every DDIM coefficient (float64) and the
-  full trajectory (K + 1 states, x_T first) of a fixed 2x3x4 x_T under two analytic predictors, with the
-  Philox noise used by the stochastic steps. Floats are JSON numbers printed with Python's ``repr``
+- ``ddim_*.json``: a schedule config, K, t0, eta, the timesteps, every DDIM coefficient (float64:
+  alpha_bar_t, alpha_bar_prev and the table's columns, ``table_columns`` naming them in order) and the
+  full trajectory (K + 1 states, x_T first) of a fixed 2x3x4 x_T under two analytic predictors, with
+  the Philox noise used by the stochastic steps. Floats are JSON numbers printed with Python's ``repr``
   (shortest round-trip form: parse with a correct ``strtod`` and you get the exact float64).
 - ``noise_philox.json``: the Random123 known-answer vectors and a few ``gaussian()`` windows, as
   float32 bit patterns (hex) and as decimals, plus the raw Philox words of the first window.
@@ -35,13 +36,8 @@ GOLDEN_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(GOLDEN_DIR.parents[1]))
 
 from unmix.diffusion import noise as noise_module  # noqa: E402
-from unmix.diffusion.schedule import (  # noqa: E402
-    TABLE_COLUMNS,
-    Schedule,
-    ddim_coefficients,
-    ddim_timesteps,
-    ddim_trajectory,
-)
+from unmix.diffusion.reference import ddim_trajectory  # noqa: E402
+from unmix.diffusion.schedule import TABLE_COLUMNS, Schedule, ddim_coefficients, ddim_timesteps  # noqa: E402
 from unmix.physics.mixing import endmembers_from_abundances  # noqa: E402
 
 SHAPE = (2, 3, 4)      # (rows, cols, channels) of the test state

@@ -1,18 +1,9 @@
-"""Diffusion schedules and DDIM step math, in float64 numpy.
+"""Diffusion schedules, DDIM timesteps and the DDIM coefficient table, in float64 numpy.
 
 Training (PyTorch, DDPM) and inference (numpy / ONNX / C++, fixed-step DDIM) share these formulas; the
 C++ core reproduces them from the golden files in ``tests/golden``. Notation: ``T`` diffusion steps,
 ``t`` in ``0..T-1``, ``beta_t``, ``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` (a sequential float64
 product), ``alpha_bar_{-1} = 1`` (the clean end of the chain).
-
-Forward process and parametrisations (``a = alpha_bar_t``)::
-
-    x_t   = sqrt(a) * x0 + sqrt(1 - a) * eps                  (q_sample)
-    v     = sqrt(a) * eps - sqrt(1 - a) * x0                  (v_target; Salimans & Ho 2022)
-    x0    = (x_t - sqrt(1 - a) * eps) / sqrt(a)               (x0_from_eps)
-    eps   = (x_t - sqrt(a) * x0) / sqrt(1 - a)                (eps_from_x0)
-    x0    = sqrt(a) * x_t - sqrt(1 - a) * v                   (x0_from_v)
-    eps   = sqrt(1 - a) * x_t + sqrt(a) * v                   (eps_from_v)
 
 DDIM step from ``t`` to ``prev`` (Song, Meng & Ermon 2021, eq. 12 and 16), ``a = alpha_bar_t``,
 ``p = alpha_bar_prev``::
@@ -21,15 +12,17 @@ DDIM step from ``t`` to ``prev`` (Song, Meng & Ermon 2021, eq. 12 and 16), ``a =
     x_prev = sqrt(p) * x0_hat + sqrt(1 - p - sigma^2) * eps_hat + sigma * z
 
 ``eta = 0`` is deterministic DDIM; ``eta = 1`` gives the DDPM posterior variance. See
-:class:`DDIMCoefficients` for the fused per-step coefficients and :data:`TABLE_COLUMNS` for the packed
-table a fused-step graph reads.
+:class:`DDIMCoefficients` for the per-step coefficients and :class:`Coef` for the columns of the
+table a fused-step graph reads (the graphs: :mod:`unmix.export.steps`; the explicit float64 step the
+tests compare them against: :mod:`unmix.diffusion.reference`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import IntEnum
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +30,7 @@ from unmix.errors import UsageError, require_float, require_int
 
 __all__ = [
     "COSINE_S",
+    "Coef",
     "DDIMCoefficients",
     "KINDS",
     "MAX_BETA",
@@ -45,16 +39,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "beta_schedule",
     "ddim_coefficients",
-    "ddim_loop",
-    "ddim_step",
     "ddim_timesteps",
-    "ddim_trajectory",
-    "eps_from_v",
-    "eps_from_x0",
-    "q_sample",
-    "v_target",
-    "x0_from_eps",
-    "x0_from_v",
 ]
 
 KINDS = ("linear", "cosine")
@@ -182,22 +167,23 @@ def ddim_timesteps(T: int, K: int, t0: int | None = None) -> np.ndarray:
     return (2 * (t0 + 1) * (K - i) + K) // (2 * K) - 1
 
 
-# Column order of DDIMCoefficients.as_table(): one row per DDIM step, float32.
-TABLE_COLUMNS: tuple[str, ...] = (
-    "alpha_bar_t",                 # 0
-    "alpha_bar_prev",              # 1
-    "sqrt_alpha_bar_t",            # 2
-    "sqrt_one_minus_alpha_bar_t",  # 3
-    "sqrt_alpha_bar_prev",         # 4
-    "dir_coef",                    # 5  sqrt(1 - alpha_bar_prev - sigma^2)
-    "sigma",                       # 6
-    "x0_from_x",                   # 7  x0_hat  = x0_from_x  * x_t + x0_from_out  * out
-    "x0_from_out",                 # 8
-    "eps_from_x",                  # 9  eps_hat = eps_from_x * x_t + eps_from_out * out
-    "eps_from_out",                # 10
-    "c_x",                         # 11 x_prev  = c_x * x_t + c_out * out + sigma * z
-    "c_out",                       # 12
-)
+class Coef(IntEnum):
+    """The columns of the DDIM table (:meth:`DDIMCoefficients.as_table`), one row per step: what a
+    fused-step graph reads from its ``coef`` input, by name (``coef[Coef.SIGMA]``). The C++ core has the
+    same names in the same order (``unmix::Coef`` in cpp_bindings/core/diffusion.hpp; its golden test
+    checks them against :data:`TABLE_COLUMNS`)."""
+
+    SQRT_ALPHA_BAR_T = 0            # sqrt(alpha_bar_t)
+    SQRT_ONE_MINUS_ALPHA_BAR_T = 1  # sqrt(1 - alpha_bar_t)
+    SQRT_ALPHA_BAR_PREV = 2         # sqrt(alpha_bar_prev)
+    DIR_COEF = 3                    # sqrt(1 - alpha_bar_prev - sigma^2)
+    SIGMA = 4
+    X0_FROM_X = 5                   # x0_hat = x0_from_x * x_t + x0_from_out * out
+    X0_FROM_OUT = 6
+
+
+#: The table's column names (the :class:`DDIMCoefficients` fields), in :class:`Coef` order.
+TABLE_COLUMNS: tuple[str, ...] = tuple(column.name.lower() for column in Coef)
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,16 +194,12 @@ class DDIMCoefficients:
     ``a = alpha_bar_t``, ``p = alpha_bar_prev`` (1 after the last step) and ``d = dir_coef``:
 
     - ``sigma = eta * sqrt((1 - p) / (1 - a)) * sqrt(1 - a / p)``, ``d = sqrt(1 - p - sigma^2)``;
-    - epsilon: ``x0_from_x = 1 / sqrt(a)``, ``x0_from_out = -sqrt(1 - a) / sqrt(a)``, ``eps_from_x = 0``,
-      ``eps_from_out = 1``;
-    - v: ``x0_from_x = sqrt(a)``, ``x0_from_out = -sqrt(1 - a)``, ``eps_from_x = sqrt(1 - a)``,
-      ``eps_from_out = sqrt(a)``;
-    - fused update ``x_prev = c_x * x_t + c_out * out + sigma * z`` with
-      ``c_x = sqrt(p) * x0_from_x + d * eps_from_x`` and ``c_out = sqrt(p) * x0_from_out + d * eps_from_out``
-      (for epsilon: ``c_x = sqrt(p / a)``, ``c_out = d - sqrt(p) * sqrt(1 - a) / sqrt(a)``).
+    - epsilon: ``x0_from_x = 1 / sqrt(a)``, ``x0_from_out = -sqrt(1 - a) / sqrt(a)``;
+    - v: ``x0_from_x = sqrt(a)``, ``x0_from_out = -sqrt(1 - a)``.
 
-    A step that edits x0_hat (data consistency, projection) uses the x0/eps columns and
-    ``x_prev = sqrt_alpha_bar_prev * x0_hat + dir_coef * eps_hat + sigma * z`` instead.
+    A fused step takes ``x0_hat = x0_from_x * x_t + x0_from_out * out``, edits it (data consistency,
+    projection), recomputes ``eps_hat = (x_t - sqrt(a) x0_hat) / sqrt(1 - a)`` and returns
+    ``x_prev = sqrt(p) * x0_hat + d * eps_hat + sigma * z``.
     """
 
     schedule: Schedule
@@ -232,11 +214,7 @@ class DDIMCoefficients:
     dir_coef: np.ndarray
     sigma: np.ndarray
     x0_from_x: np.ndarray
-    x0_from_out: np.ndarray
-    eps_from_x: np.ndarray
-    eps_from_out: np.ndarray
-    c_x: np.ndarray
-    c_out: np.ndarray = field(repr=False)
+    x0_from_out: np.ndarray = field(repr=False)
 
     @property
     def steps(self) -> int:
@@ -244,7 +222,7 @@ class DDIMCoefficients:
         return int(self.timesteps.size)
 
     def as_table(self) -> np.ndarray:
-        """``(K, 13)`` float32, one row per step, columns in :data:`TABLE_COLUMNS` order."""
+        """``(K, len(Coef))`` float32, one row per step, columns in :class:`Coef` order."""
         return np.stack([getattr(self, name) for name in TABLE_COLUMNS], axis=1).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,7 +230,7 @@ class DDIMCoefficients:
         data: dict[str, Any] = {"schedule": self.schedule.to_config(), "eta": float(self.eta),
                                 "timesteps": self.timesteps.tolist(),
                                 "prev_timesteps": self.prev_timesteps.tolist()}
-        for name in TABLE_COLUMNS:
+        for name in ("alpha_bar_t", "alpha_bar_prev") + TABLE_COLUMNS:
             data[name] = getattr(self, name).tolist()
         return data
 
@@ -294,142 +272,10 @@ def ddim_coefficients(schedule: Schedule, timesteps: Any, eta: float = 0.0) -> D
     if schedule.prediction == "epsilon":
         x0_from_x = 1.0 / sqrt_a
         x0_from_out = -sqrt_1ma / sqrt_a
-        eps_from_x = np.zeros_like(a)
-        eps_from_out = np.ones_like(a)
     else:
         x0_from_x = sqrt_a.copy()
         x0_from_out = -sqrt_1ma
-        eps_from_x = sqrt_1ma.copy()
-        eps_from_out = sqrt_a.copy()
-    c_x = sqrt_p * x0_from_x + dir_coef * eps_from_x
-    c_out = sqrt_p * x0_from_out + dir_coef * eps_from_out
     arrays = dict(timesteps=steps, prev_timesteps=prev, alpha_bar_t=a, alpha_bar_prev=p,
                   sqrt_alpha_bar_t=sqrt_a, sqrt_one_minus_alpha_bar_t=sqrt_1ma, sqrt_alpha_bar_prev=sqrt_p,
-                  dir_coef=dir_coef, sigma=sigma, x0_from_x=x0_from_x, x0_from_out=x0_from_out,
-                  eps_from_x=eps_from_x, eps_from_out=eps_from_out, c_x=c_x, c_out=c_out)
+                  dir_coef=dir_coef, sigma=sigma, x0_from_x=x0_from_x, x0_from_out=x0_from_out)
     return DDIMCoefficients(schedule=schedule, eta=eta, **{k: _readonly(v) for k, v in arrays.items()})
-
-
-# --- forward process and parametrisations (numpy; train mirrors them in torch) ---
-
-def _coefs(t: Any, x: np.ndarray, schedule: Schedule) -> tuple[np.ndarray, np.ndarray]:
-    """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), shaped to broadcast over ``x``'s leading axes."""
-    steps = np.asarray(t)
-    if steps.dtype.kind not in "iu" or steps.dtype == np.bool_:
-        raise UsageError(f"t must be integer timesteps, got dtype {steps.dtype}")
-    if steps.size and (steps.min() < 0 or steps.max() > schedule.T - 1):
-        raise UsageError(f"t must be in 0..{schedule.T - 1}, got {steps.min()}..{steps.max()}")
-    if steps.ndim > x.ndim or x.shape[:steps.ndim] != steps.shape:
-        raise UsageError(f"t of shape {steps.shape} must match the leading axes of an array of shape {x.shape}")
-    a = schedule.alphas_cumprod[steps].reshape(steps.shape + (1,) * (x.ndim - steps.ndim))
-    return np.sqrt(a), np.sqrt(1.0 - a)
-
-
-def q_sample(x0: Any, t: Any, noise: Any, schedule: Schedule) -> np.ndarray:
-    """``x_t = sqrt(a) * x0 + sqrt(1 - a) * noise``; ``t`` is a scalar or matches x0's leading axes."""
-    x0 = np.asarray(x0, dtype=np.float64)
-    sa, sb = _coefs(t, x0, schedule)
-    return sa * x0 + sb * np.asarray(noise, dtype=np.float64)
-
-
-def v_target(x0: Any, t: Any, noise: Any, schedule: Schedule) -> np.ndarray:
-    """``v = sqrt(a) * noise - sqrt(1 - a) * x0`` (the v-prediction training target)."""
-    x0 = np.asarray(x0, dtype=np.float64)
-    sa, sb = _coefs(t, x0, schedule)
-    return sa * np.asarray(noise, dtype=np.float64) - sb * x0
-
-
-def x0_from_eps(x_t: Any, t: Any, eps: Any, schedule: Schedule) -> np.ndarray:
-    """``x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a)``."""
-    x_t = np.asarray(x_t, dtype=np.float64)
-    sa, sb = _coefs(t, x_t, schedule)
-    return (x_t - sb * np.asarray(eps, dtype=np.float64)) / sa
-
-
-def eps_from_x0(x_t: Any, t: Any, x0: Any, schedule: Schedule) -> np.ndarray:
-    """``eps = (x_t - sqrt(a) * x0) / sqrt(1 - a)``."""
-    x_t = np.asarray(x_t, dtype=np.float64)
-    sa, sb = _coefs(t, x_t, schedule)
-    return (x_t - sa * np.asarray(x0, dtype=np.float64)) / sb
-
-
-def x0_from_v(x_t: Any, t: Any, v: Any, schedule: Schedule) -> np.ndarray:
-    """``x0 = sqrt(a) * x_t - sqrt(1 - a) * v``."""
-    x_t = np.asarray(x_t, dtype=np.float64)
-    sa, sb = _coefs(t, x_t, schedule)
-    return sa * x_t - sb * np.asarray(v, dtype=np.float64)
-
-
-def eps_from_v(x_t: Any, t: Any, v: Any, schedule: Schedule) -> np.ndarray:
-    """``eps = sqrt(1 - a) * x_t + sqrt(a) * v``."""
-    x_t = np.asarray(x_t, dtype=np.float64)
-    sa, sb = _coefs(t, x_t, schedule)
-    return sb * x_t + sa * np.asarray(v, dtype=np.float64)
-
-
-# --- the reference DDIM loop ---
-
-def ddim_step(x_t: Any, out: Any, coefficients: DDIMCoefficients, i: int, noise: Any = None) -> np.ndarray:
-    """DDIM step ``i`` in its explicit (reference) form, float64.
-
-    ``out`` is the network output at ``(x_t, timesteps[i])`` (eps or v, per the schedule's prediction):
-    ``x0_hat`` and ``eps_hat`` from it, then
-    ``x_prev = sqrt(alpha_bar_prev) * x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) * eps_hat + sigma * z``.
-    ``noise`` (z, same shape as ``x_t``) is required when ``sigma[i] > 0`` and ignored otherwise.
-    """
-    i = require_int(i, "step index", 0)
-    if i >= coefficients.steps:
-        raise UsageError(f"step index must be < K = {coefficients.steps}, got {i}")
-    x_t = np.asarray(x_t, dtype=np.float64)
-    out = np.asarray(out, dtype=np.float64)
-    if out.shape != x_t.shape:
-        raise UsageError(f"network output shape {out.shape} differs from x_t shape {x_t.shape}")
-    a = coefficients.alpha_bar_t[i]
-    p = coefficients.alpha_bar_prev[i]
-    sigma = coefficients.sigma[i]
-    if coefficients.schedule.prediction == "epsilon":
-        eps_hat = out
-        x0_hat = (x_t - math.sqrt(1.0 - a) * eps_hat) / math.sqrt(a)
-    else:
-        x0_hat = math.sqrt(a) * x_t - math.sqrt(1.0 - a) * out
-        eps_hat = math.sqrt(1.0 - a) * x_t + math.sqrt(a) * out
-    x_prev = math.sqrt(p) * x0_hat + math.sqrt(max(1.0 - p - sigma * sigma, 0.0)) * eps_hat
-    if sigma > 0.0:
-        if noise is None:
-            raise UsageError(f"DDIM step {i} has sigma = {sigma:.3g} > 0 (eta > 0) and needs noise")
-        z = np.asarray(noise, dtype=np.float64)
-        if z.shape != x_t.shape:
-            raise UsageError(f"noise shape {z.shape} differs from x_t shape {x_t.shape}")
-        x_prev = x_prev + sigma * z
-    return x_prev
-
-
-def ddim_trajectory(x_T: Any, predict: Callable[[np.ndarray, int], Any], coefficients: DDIMCoefficients,
-                    noise_fn: Callable[[int, tuple[int, ...]], Any] | None = None) -> np.ndarray:
-    """The reference DDIM loop's states: ``(K + 1, *x_T.shape)`` float64, from x_T to x0.
-
-    ``predict(x, t)`` returns the network output (eps or v, per the schedule's prediction) for state
-    ``x`` at integer timestep ``t``; ``noise_fn(i, shape)`` returns z for step ``i`` (needed when
-    eta > 0; the project draws it with ``noise.gaussian`` at counter step ``counter_step(K, i)``).
-    """
-    if not isinstance(coefficients, DDIMCoefficients):
-        raise UsageError(f"coefficients must be DDIMCoefficients, got {type(coefficients).__name__}")
-    x = np.asarray(x_T, dtype=np.float64)
-    if noise_fn is None and np.any(coefficients.sigma > 0.0):
-        raise UsageError("eta > 0 needs a noise_fn(i, shape) for the stochastic DDIM steps")
-    states = [x]
-    for i, t in enumerate(coefficients.timesteps.tolist()):
-        out = predict(x, t)
-        noise = noise_fn(i, x.shape) if coefficients.sigma[i] > 0.0 else None
-        x = ddim_step(x, out, coefficients, i, noise)
-        states.append(x)
-    return np.stack(states)
-
-
-def ddim_loop(x_T: Any, predict: Callable[[np.ndarray, int], Any], coefficients: DDIMCoefficients,
-              noise_fn: Callable[[int, tuple[int, ...]], Any] | None = None) -> np.ndarray:
-    """Run the reference DDIM loop from ``x_T``; returns x0 (float64, shape of ``x_T``).
-
-    See :func:`ddim_trajectory` for the arguments.
-    """
-    return ddim_trajectory(x_T, predict, coefficients, noise_fn)[-1]

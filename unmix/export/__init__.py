@@ -5,6 +5,8 @@
   cached by content.
 - :class:`ExportContract` / :func:`export_contracts`: each network's names, static shapes, dtypes and
   sample inputs.
+- :mod:`unmix.export.steps`: the fused DDIM step modules (denoiser, data consistency, constraints and
+  the DDIM update in one graph) that the export traces.
 - :func:`build_manifest` (:mod:`unmix.export.manifest`): the manifest document; the schema and its
   reader live in :mod:`unmix.runtime.manifest` (the runtime reads it without torch).
 

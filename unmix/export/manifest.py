@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from unmix.errors import InputError
-from unmix.runtime.manifest import MANIFEST_FORMAT, write_manifest
+from unmix.runtime.manifest import INFERENCE_REQUIRED, MANIFEST_FORMAT, write_manifest
+from unmix.runtime.settings import PipelineConfig
 
 __all__ = ["PACKAGES", "build_manifest", "package_versions", "write_manifest"]
 
@@ -57,7 +58,6 @@ def build_manifest(config: Mapping[str, Any], networks: Mapping[str, Mapping[str
         config_path: the checkpoint's config file, for messages.
     """
     from unmix.diffusion.schedule import Schedule
-    from unmix.train.config import InferenceConfig
 
     where = Path(config_path)
     schedule_config = _section(config, "schedule", where)
@@ -83,10 +83,12 @@ def build_manifest(config: Mapping[str, Any], networks: Mapping[str, Mapping[str
     if len(names) != endmembers:
         raise InputError(f"{where}: key 'endmembers.names' has {len(names)} names, expected {endmembers}")
 
-    inference = dict(vars(InferenceConfig()))
+    # The recorded settings (a PipelineConfig; None: not set, e.g. dc_weight without a noise estimate),
+    # over the defaults of those a manifest requires.
+    defaults = PipelineConfig().to_dict()
     recorded = config.get("train", {}).get("inference", {}) if isinstance(config.get("train"), Mapping) else {}
-    inference.update({k: v for k, v in dict(recorded).items() if k in inference})
-    inference = {k: v for k, v in inference.items() if v is not None}   # e.g. dc_weight of older checkpoints
+    inference = {key: defaults[key] for key in INFERENCE_REQUIRED}
+    inference.update({k: v for k, v in dict(recorded).items() if k in defaults and v is not None})
     inference["tile"] = int(tile)
 
     return {

@@ -3,8 +3,8 @@
 What is exported (one graph per network the pipeline calls; :func:`export_contracts`):
 
 - ``hybridstu``: ``cube (N, B, T, T)`` -> ``abundances (N, p, T, T)``.
-- ``abundance_step``: the fused 2D DDIM step (:class:`unmix.train.fused.AbundanceStep`) -> ``x_prev``.
-- ``spectra_step``: the fused 1D DDIM step (:class:`unmix.train.fused.SpectraStep`) -> ``x_prev``.
+- ``abundance_step``: the fused 2D DDIM step (:class:`unmix.export.steps.AbundanceStep`) -> ``x_prev``.
+- ``spectra_step``: the fused 1D DDIM step (:class:`unmix.export.steps.SpectraStep`) -> ``x_prev``.
 
 Shapes are static: N = ``batch``, T = ``tile``, B and p from the checkpoint (the exact contract of
 :func:`unmix.runtime.network.pipeline_specs`, with N in place of 1). Inputs and outputs are float32.
@@ -154,7 +154,7 @@ def _sample_inputs(config: Mapping[str, Any], bands: int, p: int, tile: int, bat
     """Realistic values: reflectance mixed from the checkpoint's endmembers, abundances on the
     simplex noised to the first DDIM step (eta = 1, so the noise input matters), the statistics of
     those abundances, and a real row of the DDIM table."""
-    from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
+    from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
 
     rng = np.random.default_rng(seed)
     estimated = (config.get("endmembers") or {}).get("estimated")
@@ -173,7 +173,7 @@ def _sample_inputs(config: Mapping[str, Any], bands: int, p: int, tile: int, bat
     timesteps = ddim_timesteps(schedule.T, steps, t0)
     coef = ddim_coefficients(schedule, timesteps, eta=1.0).as_table()[0]      # the first step, t = t0
     timestep = float(timesteps[0])
-    c2, c3 = float(coef[2]), float(coef[3])
+    c2, c3 = float(coef[Coef.SQRT_ALPHA_BAR_T]), float(coef[Coef.SQRT_ONE_MINUS_ALPHA_BAR_T])
 
     abundances = rng.dirichlet(np.ones(p), size=(batch, tile, tile)).transpose(0, 3, 1, 2)     # (N, p, T, T)
     cube = np.einsum("nphw,pb->nbhw", abundances, endmembers) + rng.normal(0, 0.005, (batch, bands, tile, tile))
@@ -204,9 +204,9 @@ def export_contracts(models: Mapping[str, nn.Module], config: Mapping[str, Any],
     """The export contract of each pipeline network, built from a checkpoint's ``(models, config)``.
 
     ``models`` as :func:`unmix.train.checkpoint.load_checkpoint` returns them (``hybridstu``,
-    ``abundance``, ``spectra``); the fused steps come from :func:`unmix.train.fused.fused_modules`.
+    ``abundance``, ``spectra``); the fused steps come from :func:`unmix.export.steps.fused_modules`.
     """
-    from unmix.train.fused import fused_modules
+    from unmix.export.steps import fused_modules
 
     for value, label in ((tile, "tile"), (batch, "batch")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

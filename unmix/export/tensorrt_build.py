@@ -130,7 +130,7 @@ def sample_feeds(manifest, name: str, seed: int = 0) -> dict[str, np.ndarray]:
     DDIM step of the manifest's inference settings; ``coef`` is that step's row of the DDIM table.
     Inputs the recipe does not know get standard normal values.
     """
-    from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
+    from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
 
     entry = manifest.network(name)
     rng = np.random.default_rng(seed)
@@ -139,7 +139,7 @@ def sample_feeds(manifest, name: str, seed: int = 0) -> dict[str, np.ndarray]:
     steps = min(int(manifest.inference.get("steps", 10)), t0 + 1)
     timesteps = ddim_timesteps(schedule.T, steps, t0)
     coef = ddim_coefficients(schedule, timesteps, eta=1.0).as_table()[0]
-    c2, c3 = float(coef[2]), float(coef[3])
+    c2, c3 = float(coef[Coef.SQRT_ALPHA_BAR_T]), float(coef[Coef.SQRT_ONE_MINUS_ALPHA_BAR_T])
     endmembers = np.clip(np.asarray(manifest.endmembers, np.float64), 1e-3, None)
     p, bands = endmembers.shape
     feeds: dict[str, np.ndarray] = {}

@@ -17,7 +17,9 @@
         }, ...
       },
       "schedule": {"kind", "T", "beta_start", "beta_end", "prediction", "betas": [T floats]},
-      "inference": {"steps", "t0", "eta", "samples", "rounds", "tile"},   # defaults for unmix-run
+                                                      # betas: the schedule spelt out (checked)
+      "inference": {"steps", "t0", "eta", "samples", "rounds", "tile", ...},   # defaults for unmix-run:
+                                                      # unmix.runtime.settings.PipelineConfig's fields
       "sensor": {"bands": B, "wavelengths": [B floats, nm] | null},
       "endmembers": {"names": [p strings], "spectra": [[B floats] x p],
                      optional "spread": [[B floats] x p], optional "noise_std": float},
@@ -30,7 +32,9 @@ fp32 graph the fp16 one was checked against; a backend without fp16 support can 
 
 Checks. :func:`load_manifest` validates the whole document (keys, types, shapes, ranges, and that
 every file name stays inside the model folder: no absolute path, no ``..``, no symlink that resolves
-outside) and that every named file exists. The sha256 of a network file is checked **lazily**, when
+outside) and that every named file exists. ``schedule.betas`` spell the schedule out for readers without
+its formulas; both readers rebuild the schedule from its configuration and refuse betas that differ
+from it by more than :data:`BETAS_RTOL` (relative): the schedule run is always the one the betas state. The sha256 of a network file is checked **lazily**, when
 that network is opened (:meth:`Manifest.network_file`, which every backend loader goes through), once
 per file and process; ``load_manifest(..., verify=True)`` checks every file at load instead. Every
 refusal is one :class:`ManifestError` line naming the file, the key and what was expected.
@@ -50,6 +54,7 @@ import numpy as np
 
 from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, _describe, output_error
 from unmix.runtime.network import DTYPES, NetworkSpec, TensorSpec
+from unmix.runtime.settings import SETTINGS
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -57,6 +62,8 @@ __all__ = [
     "PRECISIONS",
     "WAVELENGTH_TOLERANCE_FRACTION",
     "WAVELENGTH_TOLERANCE_NM",
+    "BETAS_RTOL",
+    "INFERENCE_REQUIRED",
     "Manifest",
     "ManifestError",
     "NetworkEntry",
@@ -72,8 +79,12 @@ MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
 WAVELENGTH_TOLERANCE_NM = 1.0
 WAVELENGTH_TOLERANCE_FRACTION = 0.1
+#: The inference settings a manifest must give (the others keep PipelineConfig's defaults).
+INFERENCE_REQUIRED = ("steps", "t0", "eta", "samples", "rounds", "tile")
+#: The relative difference allowed between the manifest's betas and the schedule rebuilt from its
+#: configuration (JSON keeps float64 exactly; the margin covers a last-digit libm difference in cos).
+BETAS_RTOL = 1e-9
 _REQUIRED = ("format", "networks", "schedule", "inference", "sensor", "endmembers", "versions")
-_INFERENCE_INTS = {"steps": 1, "t0": 1, "samples": 1, "rounds": 1, "tile": 1}
 
 
 class ManifestError(InputError):
@@ -143,8 +154,9 @@ class Manifest:
         path: the manifest file; ``model_dir`` its folder.
         networks: name -> :class:`NetworkEntry`.
         schedule: the schedule configuration (``Schedule.from_config(manifest.schedule)`` rebuilds it).
-        betas: ``(T,)`` float64 noise levels as exported.
-        inference: inference defaults ``{steps, t0, eta, samples, rounds, tile}``.
+        betas: ``(T,)`` float64 noise levels as exported (equal, to :data:`BETAS_RTOL`, to the schedule's).
+        inference: inference defaults (:class:`unmix.runtime.settings.PipelineConfig` fields; at least
+            ``steps, t0, eta, samples, rounds, tile``), each checked by its setting's kind and range.
         bands: B, the sensor's band count; ``wavelengths``: ``(B,)`` float64 nm, or None.
         endmember_names: p names; ``endmembers``: ``(p, B)`` float32 spectra on the cube's scale.
         endmember_spread: ``(p, B)`` float32 standard deviation of each endmember over the endmember
@@ -370,22 +382,26 @@ def parse_manifest(data: Any, model_dir: str | os.PathLike, path: str | os.PathL
     from unmix.diffusion.schedule import Schedule
 
     try:
-        Schedule.from_config(dict(schedule))
+        expected = Schedule.from_config(dict(schedule)).betas
     except UsageError as exc:
         check.fail("schedule", f"a valid schedule ({exc})", show_got=False)
     T = check.integer(schedule_data["T"], "schedule.T", 2)
     betas = check.numbers(schedule_data["betas"], "schedule.betas", T)
-    if not ((betas > 0) & (betas < 1)).all():
-        check.fail("schedule.betas", "values in (0, 1)", show_got=False)
+    error = np.abs(betas - expected)
+    if not (error <= BETAS_RTOL * expected).all():
+        worst = int(np.argmax(error))
+        check.fail("schedule.betas", f"the betas of the {schedule['kind']} schedule with T = {T} "
+                   f"(index {worst}: {expected[worst]!r})", float(betas[worst]))
 
-    inference = check.mapping(data["inference"], "inference", tuple(_INFERENCE_INTS) + ("eta",))
-    for key, minimum in _INFERENCE_INTS.items():
-        check.integer(inference[key], f"inference.{key}", minimum)
+    inference = check.mapping(data["inference"], "inference", INFERENCE_REQUIRED)
+    for setting in SETTINGS:
+        if setting.name in inference:
+            try:
+                setting.check(inference[setting.name])
+            except UsageError as exc:
+                check.fail(f"inference.{setting.name}", f"a valid setting ({exc})", show_got=False)
     if inference["t0"] >= T:
         check.fail("inference.t0", f"an integer below schedule.T = {T}", inference["t0"])
-    eta = check.number(inference["eta"], "inference.eta")
-    if not 0.0 <= eta <= 1.0:
-        check.fail("inference.eta", "a number in [0, 1]", eta)
 
     sensor = check.mapping(data["sensor"], "sensor", ("bands", "wavelengths"))
     bands = check.integer(sensor["bands"], "sensor.bands", 1)

@@ -10,16 +10,16 @@ The pipeline needs three networks; :func:`pipeline_specs` gives their exact I/O 
 ``forward`` arguments (the export names graph inputs the same way):
 
 - ``hybridstu``: ``cube (1, B, T, T)`` -> ``abundances (1, p, T, T)`` (softmax over p).
-- ``abundance_step`` (one fused 2D DDIM step): ``x_t (1, p, T, T)``, ``t (1,)``, ``coef (13,)``,
+- ``abundance_step`` (one fused 2D DDIM step): ``x_t (1, p, T, T)``, ``t (1,)``, ``coef (C,)``,
   ``noise (1, p, T, T)``, ``cube (1, B, T, T)``, ``endmembers (p, B)``, ``dc_weight (1,)``
   -> ``x_prev (1, p, T, T)``.
-- ``spectra_step`` (one fused 1D DDIM step): ``x_t (p, 1, B)``, ``t (p,)``, ``coef (13,)``,
+- ``spectra_step`` (one fused 1D DDIM step): ``x_t (p, 1, B)``, ``t (p,)``, ``coef (C,)``,
   ``noise (p, 1, B)``, ``AtA (p, p)``, ``AtY (p, B)``, ``scale (p,)``, ``dc_weight (1,)``
   -> ``x_prev (p, 1, B)``.
 
 Every tensor is float32 at the interface (an fp16 engine casts inside its graph). ``coef`` is one row
-of :meth:`unmix.diffusion.schedule.DDIMCoefficients.as_table` (columns ``TABLE_COLUMNS``); ``t`` holds
-the integer timestep as a float.
+of :meth:`unmix.diffusion.schedule.DDIMCoefficients.as_table` (C = ``len(Coef)`` columns, named by
+:class:`unmix.diffusion.schedule.Coef`); ``t`` holds the integer timestep as a float.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
+from unmix.diffusion.schedule import Coef
 from unmix.errors import InputError, UsageError
 
 __all__ = [
@@ -52,7 +53,7 @@ NETWORK_NAMES = ("hybridstu", "abundance_step", "spectra_step")
 HYBRIDSTU_INPUTS = ("cube",)
 ABUNDANCE_STEP_INPUTS = ("x_t", "t", "coef", "noise", "cube", "endmembers", "dc_weight")
 SPECTRA_STEP_INPUTS = ("x_t", "t", "coef", "noise", "AtA", "AtY", "scale", "dc_weight")
-COEF_COLUMNS = 13
+COEF_COLUMNS = len(Coef)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ Conventions (the C++ core follows the same ones):
   ``counter_step(K, i, r)``; ``sample`` is the sample index. 2D noise is ``STREAM_ABUNDANCE`` with
   channel = endmember; 1D noise is :func:`spectra_noise` (``STREAM_SPECTRA``, sample 0). A step whose
   sigma is 0 gets zeros (no draw).
-- **Forward noising**: ``x_t0 = c[0, 2] * x0 + c[0, 3] * z`` in float32 with ``c`` the float32 DDIM
-  table (columns ``sqrt_alpha_bar_t``, ``sqrt_one_minus_alpha_bar_t`` of the first step, t = t0).
+- **Forward noising**: ``x_t0 = c[0, SQRT_ALPHA_BAR_T] * x0 + c[0, SQRT_ONE_MINUS_ALPHA_BAR_T] * z`` in
+  float32 with ``c`` the float32 DDIM table (columns named by :class:`unmix.diffusion.schedule.Coef`;
+  row 0 is the first step, t = t0).
 - **Abundances**: ``x0 = 2 A - 1``; after the loop ``A = (x + 1) / 2``. **Spectra**: per endmember
   ``scale_k = max_b E[k, b]`` (at least 1e-6), ``x0 = 2 E / scale - 1``, back ``E = max(scale (x + 1) / 2, 0)``.
 - **Statistics** are float64 sums over blocks of :data:`STATISTICS_BLOCK` pixels square (independent of the
@@ -68,8 +69,8 @@ import numpy as np
 
 from unmix.diffusion.noise import (STREAM_ABUNDANCE, STREAM_PIXEL_SAMPLE, counter_step, gaussian, spectra_noise,
                                    uniform_uint32)
-from unmix.diffusion.schedule import Schedule, ddim_coefficients, ddim_timesteps
-from unmix.errors import InputError, UsageError, require_float, require_int
+from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
+from unmix.errors import InputError, UsageError, require_int
 from unmix.io.diskarray import DiskArray
 from unmix.io.scene import Scene
 from unmix.physics.endmembers import estimate_endmembers
@@ -77,16 +78,16 @@ from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
 from unmix.physics.uncertainty import propagated_uncertainty
 from unmix.runtime.network import Network, call_network, check_network, pipeline_specs
+from unmix.runtime.settings import MAX_DC_WEIGHT, PipelineConfig
 from unmix.runtime.tiling import Blender, Tile, pad_to_tile, row_blocks, tile_grid
 
-__all__ = ["MIN_REESTIMATE_SAMPLE", "PipelineConfig", "PipelineResult", "PixelSample", "ProgressCallback",
+__all__ = ["MAX_DC_WEIGHT", "MIN_REESTIMATE_SAMPLE", "PipelineConfig", "PipelineResult", "PixelSample", "ProgressCallback",
            "STATISTICS_BLOCK", "dc_weight_for_noise", "predict_abundances", "run_pipeline"]
 
 STATISTICS_BLOCK = 256
+#: The DDIM table's columns of the forward noising (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)).
+A_T, ONE_MINUS_A_T = Coef.SQRT_ALPHA_BAR_T, Coef.SQRT_ONE_MINUS_ALPHA_BAR_T
 _MIN_SCALE = 1e-6
-#: The largest data-consistency weight (keeps ``w G + I`` well conditioned in float32: cond <= 1 + w p).
-MAX_DC_WEIGHT = 1000.0
-INITIAL_ENDMEMBERS = ("model", "statistics")
 #: tau, the abundance error assumed for the 2D prior's estimate in :func:`dc_weight_for_noise`: a stated
 #: prior (a tenth of the abundance range), not tuned; it gives the largest weight down to ~30 dB.
 PRIOR_ABUNDANCE_STD = 0.1
@@ -116,88 +117,6 @@ def dc_weight_for_noise(endmembers: np.ndarray, noise_std: float) -> float:
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``"cnn"`` (pass-1 tiles), ``"spectra"`` (1D DDIM steps over
 all rounds) and ``"refine"`` (pass-2 tiles over all rounds)."""
-
-
-@dataclass
-class PipelineConfig:
-    """Inference settings.
-
-    Attributes:
-        steps: K, 2D DDIM steps per pass 2.
-        t0: the abundance refinement starts from A noised to this timestep (``steps <= t0 + 1``).
-        eta: DDIM stochasticity of the 2D loop, 0 (deterministic) .. 1 (DDPM variance).
-        samples: S, stochastic samples per tile; S > 1 also gives the uncertainty map.
-        rounds: R, alternations of (endmembers, abundances).
-        tile: T, the networks' static tile size (must match them).
-        overlap: pixels shared by neighbouring tiles (``< tile``).
-        dc_weight: w, the weight of the data in the 2D step's proximal data consistency
-            ``argmin_a w ||y - E^T a||^2 / s + ||a - a_hat||^2`` (``s = trace(E E^T) / p``; 0 disables it,
-            at most :data:`MAX_DC_WEIGHT`).
-        spectra_steps, spectra_t0, spectra_eta: the 1D DDIM loop over the endmembers.
-        spectra_dc_weight: the same weight for the 1D step (data: A^T A, A^T Y; prior: the denoised E).
-        refine_spectra: run the 1D loop (else E stays the initial estimate).
-        initial_endmembers: ``"model"`` (the spectra learnt with HybridSTU, when given) or
-            ``"statistics"`` (non-negative least squares from pass 1's A^T A and A^T Y).
-        seed: the Philox key (0 .. 2^53).
-    """
-
-    steps: int = 10
-    t0: int = 100
-    eta: float = 0.0
-    samples: int = 1
-    rounds: int = 1
-    tile: int = 64
-    overlap: int = 16
-    dc_weight: float = 100.0
-    spectra_steps: int = 10
-    spectra_t0: int = 200
-    spectra_eta: float = 0.0
-    spectra_dc_weight: float = 1.0
-    refine_spectra: bool = False
-    initial_endmembers: str = "model"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.steps = require_int(self.steps, "steps", 1)
-        self.t0 = require_int(self.t0, "t0", 0)
-        self.eta = require_float(self.eta, "eta", 0.0, 1.0)
-        self.samples = require_int(self.samples, "samples", 1, 65535)
-        self.rounds = require_int(self.rounds, "rounds", 1)
-        self.tile = require_int(self.tile, "tile", 1)
-        self.overlap = require_int(self.overlap, "overlap", 0)
-        if self.overlap >= self.tile:
-            raise UsageError(f"overlap must be smaller than tile ({self.tile}), got {self.overlap}")
-        self.dc_weight = require_float(self.dc_weight, "dc_weight", 0.0, MAX_DC_WEIGHT)
-        self.spectra_dc_weight = require_float(self.spectra_dc_weight, "spectra_dc_weight", 0.0, MAX_DC_WEIGHT)
-        if self.initial_endmembers not in INITIAL_ENDMEMBERS:
-            raise UsageError(f"initial_endmembers must be one of {', '.join(INITIAL_ENDMEMBERS)}, "
-                             f"got {self.initial_endmembers!r}")
-        self.spectra_steps = require_int(self.spectra_steps, "spectra_steps", 1)
-        self.spectra_t0 = require_int(self.spectra_t0, "spectra_t0", 0)
-        self.spectra_eta = require_float(self.spectra_eta, "spectra_eta", 0.0, 1.0)
-        if not isinstance(self.refine_spectra, (bool, np.bool_)):
-            raise UsageError(f"refine_spectra must be true or false, got {self.refine_spectra!r}")
-        self.refine_spectra = bool(self.refine_spectra)
-        self.seed = require_int(self.seed, "seed", 0, 2**53)  # 2^53: exact as a double (JSON, the C ABI)
-        counter_step(self.steps, self.steps - 1, self.rounds - 1)      # raises if the counters overflow
-        counter_step(self.spectra_steps, self.spectra_steps - 1, self.rounds - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable settings; ``PipelineConfig.from_dict(c.to_dict()) == c``."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, settings: Mapping[str, Any], **overrides: Any) -> "PipelineConfig":
-        """Build from a mapping (e.g. a checkpoint's ``train.inference``), then ``overrides``.
-
-        Unknown keys raise ``UsageError``.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        merged = {**dict(settings), **overrides}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise UsageError(f"unknown inference setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return cls(**merged)
 
 
 @dataclass
@@ -469,11 +388,11 @@ def _refine_spectra(calls: _Calls, endmembers: np.ndarray, AtA: np.ndarray, AtY:
     scale = np.maximum(endmembers.max(axis=1), _MIN_SCALE).astype(np.float32)
     x0 = (2.0 * endmembers.astype(np.float32) / scale[:, None] - 1.0)[:, None, :].astype(np.float32)
     z = spectra_noise(cfg.seed, counter_step(K, None, round_index), 0, p, B)[:, None, :]
-    x = (table[0, 2] * x0 + table[0, 3] * z).astype(np.float32)
+    x = (table[0, A_T] * x0 + table[0, ONE_MINUS_A_T] * z).astype(np.float32)
     fixed = {"AtA": (AtA / count).astype(np.float32), "AtY": (AtY / count).astype(np.float32),
              "scale": scale, "dc_weight": np.array([cfg.spectra_dc_weight], dtype=np.float32)}
     for i, t in enumerate(timesteps.tolist()):
-        if table[i, 6] > 0:
+        if table[i, Coef.SIGMA] > 0:
             noise = spectra_noise(cfg.seed, counter_step(K, i, round_index), 0, p, B)[:, None, :]
         else:
             noise = np.zeros((p, 1, B), dtype=np.float32)
@@ -531,9 +450,9 @@ def _refine_abundances(calls: _Calls, scene: Scene, abundances: np.ndarray, endm
         samples = []
         for s in range(S):
             z = noise_at(counter_step(K, None, round_index), s)
-            x = (table[0, 2] * x0 + table[0, 3] * z).astype(np.float32)
+            x = (table[0, A_T] * x0 + table[0, ONE_MINUS_A_T] * z).astype(np.float32)
             for i, t in enumerate(timesteps.tolist()):
-                noise = noise_at(counter_step(K, i, round_index), s) if table[i, 6] > 0 else zeros
+                noise = noise_at(counter_step(K, i, round_index), s) if table[i, Coef.SIGMA] > 0 else zeros
                 feeds = {"x_t": x, "t": np.array([t], dtype=np.float32), "coef": table[i], "noise": noise,
                          "cube": cube, **fixed}
                 x = calls("abundance_step", feeds, "x_prev")

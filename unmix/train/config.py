@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from unmix.errors import InputError, MissingInputError, UsageError
-from unmix.runtime.pipeline import MAX_DC_WEIGHT, PipelineConfig
+from unmix.runtime.settings import PipelineConfig
 
 
 @dataclass
@@ -61,18 +61,21 @@ class ScheduleConfig:
 
 
 @dataclass
-class InferenceConfig:
-    """Recorded with the checkpoint; the runtime uses it unless told otherwise. The defaults are the
-    pipeline's own (:class:`unmix.runtime.pipeline.PipelineConfig`)."""
+class InferenceConfig(PipelineConfig):
+    """The inference settings recorded with the checkpoint (:class:`unmix.runtime.settings.PipelineConfig`,
+    its defaults and checks); the export copies them into the manifest. One difference: ``dc_weight``
+    None (the default) is set at training from the scene's estimated noise
+    (:func:`unmix.runtime.pipeline.dc_weight_for_noise`)."""
 
-    steps: int = PipelineConfig.steps    # DDIM steps K
-    t0: int = PipelineConfig.t0          # abundance refinement starts from A0 noised to this level
-    eta: float = PipelineConfig.eta
-    samples: int = PipelineConfig.samples
-    rounds: int = PipelineConfig.rounds
-    tile: int = PipelineConfig.tile
-    #: None: set at training from the scene's estimated noise (unmix.runtime.pipeline.dc_weight_for_noise)
-    dc_weight: float | None = None
+    dc_weight: float | None = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        weight = self.dc_weight
+        if weight is None:
+            self.dc_weight = PipelineConfig.dc_weight
+        super().__post_init__()
+        if weight is None:
+            self.dc_weight = None
 
 
 @dataclass
@@ -175,8 +178,9 @@ def _validate(config: TrainConfig) -> None:
         raise UsageError(f"[schedule] kind must be 'linear' or 'cosine', got {config.schedule.kind!r}")
     if config.schedule.prediction not in ("epsilon", "v"):
         raise UsageError(f"[schedule] prediction must be 'epsilon' or 'v', got {config.schedule.prediction!r}")
-    weight = config.inference.dc_weight
-    if weight is not None and not 0.0 <= weight <= MAX_DC_WEIGHT:
-        raise UsageError(f"[inference] dc_weight must be in [0, {MAX_DC_WEIGHT:g}], got {weight}")
+    try:
+        config.inference = replace(config.inference)    # the settings' own checks
+    except UsageError as exc:
+        raise UsageError(f"[inference] {exc}") from None
     if not 0 < config.inference.t0 < config.schedule.T:
         raise UsageError(f"[inference] t0 must be in 1..{config.schedule.T - 1}, got {config.inference.t0}")
