@@ -57,10 +57,12 @@ class Unmixer:
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "onnxruntime", threads: int | None = None,
-             device: str = "cpu", precision: str | None = None) -> "Unmixer":
-        """Open ``model_dir`` (written by ``unmix-export``) on ``backend`` (onnxruntime, openvino).
+             device: str | None = None, precision: str | None = None) -> "Unmixer":
+        """Open ``model_dir`` (written by ``unmix-export``) on ``backend`` (a name of
+        :data:`unmix.runtime.backends.BACKENDS`).
 
-        ``threads`` bounds the backend's CPU threads; ``device`` is ``cpu`` or ``cuda``.
+        ``threads`` bounds the backend's CPU threads; ``device`` is ``cpu``, ``cuda``, ... (None: the
+        backend's default device).
         """
         from unmix.runtime.backends import load_networks
 
