@@ -1,6 +1,6 @@
 """The unmixing pipeline: two passes over the cube, tile by tile, through three Networks (numpy only).
 
-Flow (DESIGN.md, "How unmix-run flows")::
+Flow (README.md, "Export and run")::
 
     pass 1   every tile: HybridSTU -> A0 tile; blended into A0 (H, W, p)
     stats    A^T A (p, p) and A^T Y (p, B) over the valid pixels (a read of the cube in fixed blocks;

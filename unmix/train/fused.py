@@ -1,7 +1,7 @@
 """Fused DDIM steps: the denoiser, the DDIM update, data consistency and the constraints in one graph.
 
 These modules are what ``unmix.export`` writes to ONNX and what the runtime and the C++ core run, one
-call per DDIM step, the host loop only feeding buffers (DESIGN.md, "Fused step"). They are built for
+call per DDIM step, the host loop only feeding buffers. They are built for
 export: static shapes, no Python branch on tensor values, no in-place change of an input, and only
 opset-20 ops (the simplex projection sorts with ``torch.sort``, which exports as TopK). Everything
 after the denoiser is float32, also when the denoiser itself runs in fp16.
