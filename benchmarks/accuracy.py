@@ -1,4 +1,4 @@
-"""Accuracy harness: every method on every dataset, with the metric conventions of DESIGN.md.
+"""Accuracy harness: every method on every dataset, with the metric conventions of README.md.
 
     python benchmarks/accuracy.py                   # everything, 3 seeds; writes results + both README tables
     python benchmarks/accuracy.py --quick           # one seed, Samson and Sim1 30 dB (<= 15 min on 2 cores)

@@ -24,7 +24,7 @@ from tests.corpus.model import RUN, cli_env, tiny_model
 ABUNDANCE_TOLERANCE = 1e-5
 ENDMEMBER_TOLERANCE = 1e-5  # relative to the largest reflectance
 RMSE_TOLERANCE = 1e-6
-FIELDS = ("abundances", "endmembers", "rmse", "uncertainty")
+FIELDS = ("abundances", "endmembers", "rmse", "uncertainty", "uncertainty_per_endmember")
 SETTINGS = {"seed": 5, "samples": 3, "eta": 0.5}
 
 
@@ -52,6 +52,7 @@ def test_bit_identical_across_runs_and_thread_counts(results, backend):
         np.testing.assert_array_equal(getattr(two_threads, field), getattr(first, field), err_msg=field)
         np.testing.assert_array_equal(getattr(again, field), getattr(first, field), err_msg=field)
     assert first.uncertainty is not None and np.nanmax(first.uncertainty) > 0  # the sampling really ran
+    assert first.uncertainty_per_endmember.shape == first.abundances.shape     # and the Unmixer returns it all
 
 
 def test_the_seed_matters(built, results):

@@ -22,7 +22,7 @@ from unmix.export import (FP16_TOLERANCE, FP32_TOLERANCE, ExportCheckError, expo
                           precision_report)
 from unmix.runtime.backends import load_networks  # noqa: E402
 from unmix.runtime.manifest import load_manifest  # noqa: E402
-from unmix.runtime.network import call_network, check_network, pipeline_specs  # noqa: E402
+from unmix.runtime.network import check_feeds, check_network, pipeline_specs  # noqa: E402
 from unmix.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from unmix.train.models import HybridSTU, ResUNet  # noqa: E402
 
@@ -133,7 +133,8 @@ def test_parity_with_torch_on_fresh_inputs(exported, checkpoint, backend):
     specs = pipeline_specs(BANDS, P, TILE)
     for name in NETWORKS:
         check_network(name, networks[name], specs[name])
-        got = call_network(name, networks[name], contracts[name].sample_inputs)
+        got = networks[name](contracts[name].sample_inputs)
+        check_feeds(name, networks[name].outputs, got, "output")
         want = contracts[name].reference()
         for key in want:
             difference = np.abs(got[key] - want[key]).max()

@@ -21,7 +21,7 @@ from unmix.physics.fcls import fcls
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
 from unmix.physics.synthetic import synthetic_scene
-from unmix.runtime.network import TensorSpec, call_network, pipeline_specs
+from unmix.runtime.network import TensorSpec, check_feeds, pipeline_specs
 from unmix.runtime.pipeline import PipelineConfig, predict_abundances, run_pipeline
 from unmix.io.diskarray import DiskArray
 from unmix.runtime.tiling import Blender, blend_window, pad_to_tile, tile_grid, tile_starts
@@ -199,10 +199,10 @@ def test_pipeline_specs_and_feed_checks():
     assert not TensorSpec((1, -1)).accepts(np.zeros((1, 5), np.float64))
     net = AnalyticNetwork(specs["hybridstu"], lambda cube: np.zeros((1, 3, 8, 8)))
     with pytest.raises(InputError, match=r"input 'cube' is float32\[1, 16, 8, 7\], expected float32\[1, 16, 8, 8\]"):
-        call_network("hybridstu", net, {"cube": np.zeros((1, 16, 8, 7), np.float32)})
+        check_feeds("hybridstu", net.inputs, {"cube": np.zeros((1, 16, 8, 7), np.float32)}, "input")
     bad = AnalyticNetwork(specs["hybridstu"], lambda cube: np.zeros((1, 2, 8, 8)))
     with pytest.raises(InputError, match="output 'abundances'"):
-        call_network("hybridstu", bad, {"cube": np.zeros((1, 16, 8, 8), np.float32)})
+        check_feeds("hybridstu", bad.outputs, bad({"cube": np.zeros((1, 16, 8, 8), np.float32)}), "output")
     with pytest.raises(UsageError):
         TensorSpec((0, 3))
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from unmix.errors import InputError, UsageError
-from unmix.runtime.backends import available_backends, load_network, tensorrt_backend
+from unmix.runtime.backends import available_backends, cuda_runtime, load_network, tensorrt_backend
 from unmix.runtime.engine_cache import (EngineCacheError, EngineIdentity, EngineSidecar, engine_cache_key,
                                         engine_paths, find_engine, load_or_build, store_engine)
 from unmix.runtime.manifest import MANIFEST_FORMAT, file_sha256, load_manifest, write_manifest
@@ -346,22 +346,21 @@ def test_gpu_check_script_parses():
 
 def test_cuda_python_self_test():
     try:
-        tensorrt_backend.import_cudart()
+        cudart = cuda_runtime.import_cudart()
     except UsageError as exc:
         pytest.skip(str(exc))
     try:
-        count = tensorrt_backend._call(tensorrt_backend.import_cudart(), "cudaGetDeviceCount",
-                                       tensorrt_backend.import_cudart().cudaGetDeviceCount())
+        count = cuda_runtime.call(cudart, "cudaGetDeviceCount", cudart.cudaGetDeviceCount())
     except RuntimeError as exc:
         pytest.skip(f"no CUDA device: {exc}")
     if not count:
         pytest.skip("no CUDA device")
-    report = tensorrt_backend.cuda_self_test(nbytes=1 << 16)
-    assert report["ok"] and report["graph_launches"] == 2
+    report = cuda_runtime.self_test(nbytes=1 << 16)
+    assert report["ok"] and report["round_trips"] == 2
 
 
 def _step_model(folder: Path) -> tuple[Path, dict, dict]:
-    """x_prev = 0.5 * x_t + t * noise (a loop-shaped graph for run_loop)."""
+    """x_prev = 0.5 * x_t + t * noise (a DDIM-step-shaped graph)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -405,20 +404,14 @@ def test_tensorrt_engine_matches_onnxruntime_and_is_cached(tmp_path):
 
 
 @needs_gpu
-def test_tensorrt_loop_graph_and_shared_arena(tmp_path):
+def test_tensorrt_step_and_shared_arena(tmp_path):
     path, inputs, outputs = _step_model(tmp_path / "model")
-    plain = tensorrt_backend.open_network(path, inputs, outputs, name="step")
-    graphed = tensorrt_backend.open_network(path, inputs, outputs, name="step", use_graph=True)
-    assert plain._dev.arena is graphed._dev.arena
+    first = tensorrt_backend.open_network(path, inputs, outputs, name="step")
+    second = tensorrt_backend.open_network(path, inputs, outputs, name="step")
+    assert first._dev.arena is second._dev.arena
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((1, P, TILE, TILE)).astype(np.float32)
-    steps = [{"t": np.array([0.1 * k], np.float32),
-              "noise": rng.standard_normal((1, P, TILE, TILE)).astype(np.float32)} for k in range(5)]
-    x = x0.astype(np.float64)
-    for step in steps:
-        x = 0.5 * x + step["t"][0] * step["noise"]
-    for network in (plain, graphed):
-        once = network({"x_t": x0, **steps[0]})["x_prev"]
-        np.testing.assert_allclose(once, 0.5 * x0 + steps[0]["t"][0] * steps[0]["noise"], atol=1e-6)
-        looped = network.run_loop("x_t", "x_prev", x0, {}, steps)
-        np.testing.assert_allclose(looped, x, atol=1e-5)
+    step = {"t": np.array([0.1], np.float32), "noise": rng.standard_normal((1, P, TILE, TILE)).astype(np.float32)}
+    for network in (first, second):
+        once = network({"x_t": x0, **step})["x_prev"]
+        np.testing.assert_allclose(once, 0.5 * x0 + step["t"][0] * step["noise"], atol=1e-6)

@@ -3,7 +3,8 @@
 The public faces are imported lazily so that ``import unmix`` stays light on edge devices:
 
 - ``unmix.read_cube(path) -> Scene``: a lazy ENVI cube.
-- ``unmix.evaluate(estimate, truth) -> dict``: the metrics of DESIGN.md after Hungarian alignment.
+- ``unmix.evaluate(estimate, truth) -> dict``: SAD, RMSE, SRE and PSNR after Hungarian alignment
+  (README.md, "Metric conventions").
 - ``unmix.Unmixer.load(model_dir, backend=...).run(cube) -> Result``: the edge runtime.
 """
 from __future__ import annotations

@@ -18,7 +18,6 @@ from unmix.errors import report_errors
                                           "norm statistics, softmax and the DDIM update stay float32.")
 @click.option("--tile", type=click.IntRange(min=8), default=64, show_default=True,
               help="Static tile size (pixels) of the exported networks.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Tiles per network call.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Parity checks: each fp32 graph against eager torch on ONNX Runtime and OpenVINO (max abs <= 1e-4); "
                    "with --fp16 each fp16 graph against its fp32 graph (max abs <= 2e-2, numpy and polygraphy's "
@@ -31,7 +30,7 @@ from unmix.errors import report_errors
               help="TensorRT builder workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
 @report_errors("unmix-export")
-def main(checkpoint, out, fp16, tile, batch, check, quiet, engines, workspace_mb, as_json):
+def main(checkpoint, out, fp16, tile, check, quiet, engines, workspace_mb, as_json):
     """Export the networks of CHECKPOINT (written by unmix-train) to ONNX with a manifest.
 
     HybridSTU is exported as is; each diffusion network is exported as one fused DDIM step (network,
@@ -46,7 +45,7 @@ def main(checkpoint, out, fp16, tile, batch, check, quiet, engines, workspace_mb
         if not quiet:
             print(f"unmix-export: {message}", file=sys.stderr)
 
-    manifest = export(checkpoint, out, fp16=fp16, tile=tile, batch=batch, check=check, progress=say)
+    manifest = export(checkpoint, out, fp16=fp16, tile=tile, check=check, progress=say)
     if engines or fp16:
         engines_step(out, required=engines, check=check, workspace_mb=workspace_mb, progress=say)
     print(f"unmix-export: {checkpoint} -> {out}", file=sys.stderr)

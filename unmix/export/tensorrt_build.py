@@ -6,7 +6,7 @@ cache (default ``<model>/engines/``) is keyed by both (:mod:`unmix.runtime.engin
 that does not match, or that TensorRT cannot deserialize, is rebuilt from the graph. Builds are
 strongly typed (fp16 is in the ``.fp16.onnx`` graph; the one path that works on TensorRT 10 and 11),
 with a persistent timing cache (``engines/timing.cache``) and static shapes from the manifest
-(:func:`unmix.runtime.backends.tensorrt_backend.build_serialized_engine`).
+(:func:`build_serialized_engine`, which the TensorRT backend also calls when its cache misses).
 
 :func:`check_engines` runs every engine and ONNX Runtime (CPU) on the same realistic inputs
 (:func:`sample_feeds`) and compares them: with polygraphy's ``Comparator`` when polygraphy is
@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ __all__ = [
     "EngineCheckError",
     "TOLERANCES",
     "build_engines",
+    "build_serialized_engine",
     "check_engines",
     "compare_outputs",
     "engines_step",
@@ -53,8 +54,71 @@ class EngineCheckError(InputError):
 def _require_tensorrt():
     from unmix.runtime.backends import tensorrt_backend
 
-    tensorrt_backend._import_tensorrt()            # "TensorRT is not installed: ..." first, alone
+    tensorrt_backend.import_tensorrt()             # "TensorRT is not installed: ..." first, alone
     return tensorrt_backend.require()
+
+
+def build_serialized_engine(onnx_path: str | os.PathLike, input_shapes: Mapping[str, Iterable[int]],
+                            workspace_mb: int = DEFAULT_WORKSPACE_MB,
+                            timing_cache: str | os.PathLike | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Build a strongly typed engine from an ONNX graph; returns ``(plan bytes, builder flags)``.
+
+    Uses only API common to TensorRT 10 and 11: ``Builder.create_network`` with the ``STRONGLY_TYPED``
+    flag (fp16 lives in the ONNX graph; TensorRT 11 has no fp16 builder flag), ``OnnxParser``, a
+    workspace pool limit, a persistent timing cache and ``build_serialized_network``.
+
+    Args:
+        onnx_path: the graph (fp16 arithmetic, if any, is in the graph itself).
+        input_shapes: input name -> static shape; free (-1) graph axes get a one-point optimisation profile.
+        workspace_mb: the builder's workspace pool limit.
+        timing_cache: a file holding the builder's timing cache; read when present, written after the build.
+
+    Raises:
+        InputError: the parser rejects the graph, its inputs differ from ``input_shapes``, or the build fails.
+    """
+    from unmix.runtime.backends.tensorrt_backend import import_tensorrt, logger
+
+    trt = import_tensorrt()
+    log = logger(trt)
+    onnx_path = Path(onnx_path)
+    builder = trt.Builder(log)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, log)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or ["no details"]
+        raise InputError(f"{onnx_path}: TensorRT's ONNX parser rejected the graph ({errors[0]})")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    profile = None
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        want = [int(s) for s in input_shapes.get(tensor.name, ())]
+        have = list(tensor.shape)
+        if len(want) != len(have) or any(h not in (-1, w) for h, w in zip(have, want)):
+            raise InputError(f"{onnx_path}: graph input {tensor.name!r} has shape {have}, the manifest declares {want}")
+        if -1 in have:
+            profile = profile or builder.create_optimization_profile()
+            profile.set_shape(tensor.name, want, want, want)
+    if profile is not None:
+        config.add_optimization_profile(profile)
+    cache_bytes = b""
+    if timing_cache is not None and Path(timing_cache).is_file():
+        cache_bytes = Path(timing_cache).read_bytes()
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise InputError(f"{onnx_path}: TensorRT could not build an engine (see the messages above)")
+    if timing_cache is not None:
+        from unmix.runtime.engine_cache import _write_atomic
+
+        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+    flags_used = {"strongly_typed": True, "workspace_mb": int(workspace_mb),
+                  "timing_cache": str(timing_cache) if timing_cache is not None else None,
+                  "timing_cache_reused": bool(cache_bytes), "profile": profile is not None,
+                  "tensorrt": trt.__version__}
+    return bytes(plan), flags_used
 
 
 def _networks(manifest, names: Sequence[str] | None, precision: str | None) -> list[tuple[str, Any, Path]]:
@@ -91,7 +155,8 @@ def build_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
         UsageError: TensorRT, cuda-python or a GPU is missing (one line naming what).
         InputError: a graph fails to parse or build, or a plan cannot be deserialized after a rebuild.
     """
-    from unmix.runtime.backends import tensorrt_backend as backend
+    from unmix.runtime.backends import cuda_runtime as cuda
+    from unmix.runtime.backends.tensorrt_backend import deserializer
     from unmix.runtime.engine_cache import EngineIdentity, load_or_build
     from unmix.runtime.manifest import Manifest, file_sha256, load_manifest
 
@@ -101,16 +166,16 @@ def build_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     say = progress or (lambda message: None)
     manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
     cache = Path(cache_dir) if cache_dir is not None else manifest.model_dir / ENGINE_DIR
-    backend._call(cudart, "cudaSetDevice", cudart.cudaSetDevice(device))
-    capability = backend.compute_capability(device)
-    deserialize = backend.deserializer(trt)
+    cuda.call(cudart, "cudaSetDevice", cudart.cudaSetDevice(device))
+    capability = cuda.compute_capability(device)
+    deserialize = deserializer(trt)
     results: dict[str, dict[str, Any]] = {}
     for name, entry, path in _networks(manifest, names, precision):
         shapes = {key: list(spec.shape) for key, spec in entry.inputs.items()}
         identity = EngineIdentity(name, file_sha256(path), entry.precision, shapes, trt.__version__, capability)
         started = time.perf_counter()
         loaded = load_or_build(cache, identity, deserialize, build=lambda path=path, shapes=shapes:
-                               backend.build_serialized_engine(path, shapes, workspace_mb, cache / TIMING_CACHE))
+                               build_serialized_engine(path, shapes, workspace_mb, cache / TIMING_CACHE))
         seconds = time.perf_counter() - started
         say(f"{name} ({entry.precision}): engine {loaded.status} in {seconds:.1f} s -> {loaded.plan_path.name}"
             + (f" ({loaded.reason})" if loaded.reason else ""))

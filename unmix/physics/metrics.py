@@ -1,6 +1,6 @@
 """Unmixing metrics with HySUPP's conventions, exposed as ``unmix.evaluate``.
 
-Conventions (DESIGN.md, "Metric conventions"): estimated endmembers are matched to the truth by the
+Conventions (README.md, "Metric conventions"): estimated endmembers are matched to the truth by the
 Hungarian algorithm on abundance-map distance (RMSE between maps, HySUPP's rule); SAD is the mean
 arccos of the cosine between matched spectra; abundance RMSE runs over all pixels and endmembers (a
 fraction; x100 also given); PSNR uses peak 1.0 on reflectance.

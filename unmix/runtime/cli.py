@@ -26,6 +26,7 @@ import numpy as np
 
 from unmix import __version__
 from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, first_line, report_errors
+from unmix.runtime.backends import BACKENDS
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -116,8 +117,7 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
     try:
         key = (model, backend, threads)
         if _WORKER.get("key") != key:
-            device = "cuda" if backend == "tensorrt" else "cpu"
-            _WORKER["unmixer"] = Unmixer.load(model, backend=backend, threads=threads, device=device)
+            _WORKER["unmixer"] = Unmixer.load(model, backend=backend, threads=threads)
             _WORKER["key"] = key
         unmixer = _WORKER["unmixer"]
         path = Path(cube)
@@ -243,9 +243,10 @@ def _run_on_ray(args: list[tuple], address: str, jobs: int, threads: int | None)
 
 
 def _backend_versions(backend: str) -> dict[str, str]:
+    package = BACKENDS[backend].package
     try:
-        module = __import__(backend)
-        return {backend: getattr(module, "__version__", "unknown")}
+        module = __import__(package)
+        return {package: getattr(module, "__version__", "unknown")}
     except ImportError:
         return {}
 
@@ -256,8 +257,10 @@ def _backend_versions(backend: str) -> dict[str, str]:
               help="Model folder written by unmix-export (manifest.json and the ONNX networks).")
 @click.option("--out", "-o", default="unmix-out", show_default=True, type=click.Path(path_type=Path),
               help="Output folder; each cube's bundle goes to OUT/<cube name>/.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
-              help="Inference backend (tensorrt runs on the GPU). [default: onnxruntime if installed, else openvino]")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
+              help="Inference backend, on its default device: "
+                   + ", ".join(f"{name} ({entry.device})" for name, entry in BACKENDS.items())
+                   + ". [default: the first of them that is installed]")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per cube.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps K (default: the model's).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,

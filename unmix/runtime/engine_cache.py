@@ -18,8 +18,9 @@ rebuilding is not allowed (no ONNX, no builder), raises :class:`EngineCacheError
 The plan is written before its sidecar, each atomically, so an interrupted write leaves a plan with
 no sidecar, which is never run.
 
-Nothing here imports TensorRT: the builder and deserializer are callables handed in
-(:mod:`unmix.runtime.backends.tensorrt_backend` gives the real ones).
+Nothing here imports TensorRT: the builder and deserializer are callables handed in (the real ones:
+:func:`unmix.export.tensorrt_build.build_serialized_engine` and
+:func:`unmix.runtime.backends.tensorrt_backend.deserializer`).
 """
 from __future__ import annotations
 

@@ -20,6 +20,12 @@ The pipeline needs three networks; :func:`pipeline_specs` gives their exact I/O 
 Every tensor is float32 at the interface (an fp16 engine casts inside its graph). ``coef`` is one row
 of :meth:`unmix.diffusion.schedule.DDIMCoefficients.as_table` (C = ``len(Coef)`` columns, named by
 :class:`unmix.diffusion.schedule.Coef`); ``t`` holds the integer timestep as a float.
+
+Each contract is checked once, where it enters: a backend compares a graph's inputs and outputs with
+the declared specs when it opens the file (:func:`unmix.runtime.backends.check_graph_io`) and checks
+the feeds it is called with (:func:`check_feeds`); :func:`unmix.runtime.pipeline.run_pipeline`
+compares each network's declared I/O with :func:`pipeline_specs` for the cube before its first call
+(:func:`check_network`). The pipeline then calls its networks without checking again.
 """
 from __future__ import annotations
 
@@ -41,7 +47,6 @@ __all__ = [
     "NetworkSpec",
     "SPECTRA_STEP_INPUTS",
     "TensorSpec",
-    "call_network",
     "check_feeds",
     "check_network",
     "pipeline_specs",
@@ -181,12 +186,3 @@ def check_feeds(name: str, specs: Mapping[str, TensorSpec], arrays: Mapping[str,
                    else type(array).__name__)
             raise InputError(f"network {name!r}: {kind} {key!r} is {got}, expected {spec}")
 
-
-def call_network(name: str, network: Network, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Call ``network`` after checking ``feeds`` against its inputs, and check what it returns."""
-    check_feeds(name, network.inputs, feeds, "input")
-    outputs = network(feeds)
-    if not isinstance(outputs, Mapping):
-        raise InputError(f"network {name!r} returned {type(outputs).__name__}, expected a dict of arrays")
-    check_feeds(name, network.outputs, outputs, "output")
-    return dict(outputs)

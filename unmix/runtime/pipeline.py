@@ -1,6 +1,6 @@
 """The unmixing pipeline: two passes over the cube, tile by tile, through three Networks (numpy only).
 
-Flow (DESIGN.md, "How unmix-run flows")::
+Flow (README.md, "Export and run")::
 
     pass 1   every tile: HybridSTU -> A0 tile; blended into A0 (H, W, p)
     stats    A^T A (p, p) and A^T Y (p, B) over the valid pixels (a read of the cube in fixed blocks;
@@ -77,7 +77,7 @@ from unmix.physics.endmembers import estimate_endmembers
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
 from unmix.physics.uncertainty import propagated_uncertainty
-from unmix.runtime.network import Network, call_network, check_network, pipeline_specs
+from unmix.runtime.network import Network, check_network, pipeline_specs
 from unmix.runtime.settings import MAX_DC_WEIGHT, PipelineConfig
 from unmix.runtime.tiling import Blender, Tile, pad_to_tile, row_blocks, tile_grid
 
@@ -147,7 +147,7 @@ class PipelineResult:
 
 
 class _Calls:
-    """Calls networks by name, checks their I/O and times them."""
+    """Calls networks by name and times them (their I/O was checked by ``check_network`` before)."""
 
     def __init__(self, networks: Mapping[str, Network]):
         self.networks = networks
@@ -156,7 +156,7 @@ class _Calls:
 
     def __call__(self, name: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         started = time.perf_counter()
-        result = call_network(name, self.networks[name], feeds)[output]
+        result = self.networks[name](feeds)[output]
         self.seconds[name] += time.perf_counter() - started
         self.counts[name] += 1
         return result

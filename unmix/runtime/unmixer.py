@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from unmix.diffusion.schedule import Schedule
-from unmix.errors import MissingInputError, UsageError
+from unmix.errors import MissingInputError
 from unmix.io.scene import Scene
 from unmix.runtime.manifest import Manifest, check_cube, load_manifest
 from unmix.runtime.pipeline import PipelineConfig, ProgressCallback, run_pipeline
@@ -30,7 +30,12 @@ class Result:
         endmembers: (p, B) float32 spectra >= 0, in the cube's reflectance units.
         names: p endmember names (the abundance file's band names).
         rmse: (H, W) float32 per-pixel reconstruction RMSE.
-        uncertainty: (H, W) float32 per-pixel standard deviation across samples, or None.
+        uncertainty: (H, W) float32 per-pixel uncertainty of the abundances: the mean over endmembers
+            of their standard deviation across samples (S > 1), with the noise and endmember
+            uncertainty propagated to the abundances added in quadrature when the model records its
+            noise estimate; None when neither applies. unmix-run writes it as ``<stem>.uncertainty``.
+        uncertainty_per_endmember: (H, W, p) float32 per-pixel, per-endmember standard deviation of
+            the abundances across samples (S > 1, ``ddof = 1``), or None for one sample.
         timings: seconds per stage and network.
         config: the inference settings used.
         notes: what could not be checked or was masked.
@@ -44,6 +49,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    uncertainty_per_endmember: np.ndarray | None = None
 
 
 class Unmixer:
@@ -57,10 +63,12 @@ class Unmixer:
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "onnxruntime", threads: int | None = None,
-             device: str = "cpu", precision: str | None = None) -> "Unmixer":
-        """Open ``model_dir`` (written by ``unmix-export``) on ``backend`` (onnxruntime, openvino).
+             device: str | None = None, precision: str | None = None) -> "Unmixer":
+        """Open ``model_dir`` (written by ``unmix-export``) on ``backend`` (a name of
+        :data:`unmix.runtime.backends.BACKENDS`).
 
-        ``threads`` bounds the backend's CPU threads; ``device`` is ``cpu`` or ``cuda``.
+        ``threads`` bounds the backend's CPU threads; ``device`` is ``cpu``, ``cuda``, ... (None: the
+        backend's default device).
         """
         from unmix.runtime.backends import load_networks
 
@@ -91,19 +99,14 @@ class Unmixer:
         scene = _as_scene(cube)
         notes = check_cube(self.manifest, scene)
         config = self.settings(**overrides)
-        if config.tile != self._tile():
-            raise UsageError(f"tile {config.tile} differs from the exported networks' tile {self._tile()}")
         result = run_pipeline(scene, self.networks, self.schedule, config, progress=progress,
                               endmembers=self.manifest.endmembers, workspace=workspace, reestimate=reestimate,
                               keep_dc_weight=overrides.get("dc_weight") is not None,
                               endmember_spread=self.manifest.endmember_spread, noise_std=self.manifest.noise_std)
         return Result(abundances=result.abundances, endmembers=result.endmembers,
                       names=list(self.manifest.endmember_names), rmse=result.rmse,
-                      uncertainty=result.uncertainty, timings=result.timings, config=result.config, notes=notes)
-
-    def _tile(self) -> int:
-        shape = self.networks["hybridstu"].outputs["abundances"].shape
-        return int(shape[-1])
+                      uncertainty=result.uncertainty, timings=result.timings, config=result.config, notes=notes,
+                      uncertainty_per_endmember=result.uncertainty_per_endmember)
 
 
 def _as_scene(cube: Scene | np.ndarray | str | Path) -> Scene:

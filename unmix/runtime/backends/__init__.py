@@ -1,63 +1,85 @@
 """Inference backends: exported ONNX graphs as :class:`unmix.runtime.network.Network` objects.
 
-- ``onnxruntime`` (extra ``cpu``, or ``gpu`` for CUDA): :mod:`.onnxruntime_backend`.
-- ``openvino`` (extra ``openvino``): :mod:`.openvino_backend`.
-- ``tensorrt`` (extra ``tensorrt``, NVIDIA GPU): :mod:`.tensorrt_backend`; listed by
-  :func:`available_backends` only when tensorrt and cuda-python import and a GPU is visible.
+:data:`BACKENDS` is the one registry: per backend, its module here, the package it needs, the extra
+that installs it and the device it runs on by default. ``unmix-run --backend`` takes its choices from
+it, and :func:`available_backends` lists, in its order, those whose package is installed (a module
+may also define ``availability() -> (ok, reason)``, e.g. TensorRT, which needs cuda-python and a
+visible GPU besides its package, and ``require()``, called before a graph is opened).
 
 :func:`load_network` opens one graph file against its declared I/O (a :class:`NetworkSpec` or a
-manifest :class:`~unmix.runtime.manifest.NetworkEntry`); :func:`load_networks` opens the networks of
-an exported model folder, checking each file's sha256 first. A backend whose package is missing is
-refused with one line naming the extra to install. Nothing here imports torch.
+manifest :class:`~unmix.runtime.manifest.NetworkEntry`) and checks the graph's inputs and outputs
+against it (:func:`check_graph_io`); :func:`load_networks` opens the networks of an exported model
+folder, checking each file's sha256 first. A backend whose package is missing is refused with one
+line naming the extra to install. Nothing here imports torch.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from unmix.errors import InputError, MissingInputError, UsageError
 from unmix.runtime.network import Network, TensorSpec
 
-__all__ = ["BACKENDS", "available_backends", "load_network", "load_networks"]
+__all__ = ["BACKENDS", "Backend", "available_backends", "load_network", "load_networks"]
 
-# backend name -> (module to import, the extra that installs it)
-BACKENDS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("onnxruntime", "pip install 'unmix[cpu]' (or 'unmix[gpu]' for CUDA)"),
-    "openvino": ("openvino", "pip install 'unmix[openvino]'"),
-    "tensorrt": ("tensorrt", "pip install 'unmix[tensorrt]' on a machine with an NVIDIA GPU"),
+
+@dataclass(frozen=True)
+class Backend:
+    """One inference backend.
+
+    Attributes:
+        module: its module in this package (``open_network(path, inputs, outputs, threads, device, name)``).
+        package: the package it imports (its version goes into ``run.json``).
+        extra: how to install that package.
+        device: the device it runs on when none is given.
+    """
+
+    module: str
+    package: str
+    extra: str
+    device: str
+
+
+# in order of preference: the first installed one is unmix-run's default
+BACKENDS: dict[str, Backend] = {
+    "onnxruntime": Backend("onnxruntime_backend", "onnxruntime",
+                           "pip install 'unmix[cpu]' (or 'unmix[gpu]' for CUDA)", "cpu"),
+    "openvino": Backend("openvino_backend", "openvino", "pip install 'unmix[openvino]'", "cpu"),
+    "tensorrt": Backend("tensorrt_backend", "tensorrt",
+                        "pip install 'unmix[tensorrt]' on a machine with an NVIDIA GPU and driver", "cuda"),
 }
 
 
 def available_backends() -> list[str]:
-    """Names of the backends whose package is installed, in order of preference."""
+    """Names of the backends whose package is installed (and usable here), in order of preference."""
     found = []
-    for name, (module, _) in BACKENDS.items():
+    for name, entry in BACKENDS.items():
         try:
-            if importlib.util.find_spec(module) is not None:
-                if name == "tensorrt":             # also needs cuda-python and a visible GPU
-                    from unmix.runtime.backends import tensorrt_backend
-
-                    if not tensorrt_backend.availability()[0]:
-                        continue
+            if importlib.util.find_spec(entry.package) is None:
+                continue
+            availability = getattr(_module(name), "availability", None)
+            if availability is None or availability()[0]:
                 found.append(name)
         except (ImportError, ValueError):  # a broken or shadowed install
             continue
     return found
 
 
-def _import_backend(backend: str):
+def _module(backend: str):
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":
-        from unmix.runtime.backends import onnxruntime_backend as module
-    elif backend == "tensorrt":
-        from unmix.runtime.backends import tensorrt_backend as module
+    return importlib.import_module(f"{__name__}.{BACKENDS[backend].module}")
 
-        module.require()                           # one line naming what is missing, before anything else
-    else:
-        from unmix.runtime.backends import openvino_backend as module
+
+def _import_backend(backend: str):
+    module = _module(backend)
+    require = getattr(module, "require", None)
+    if require is not None:                        # one line naming what is missing, before anything else
+        require()
     return module
 
 
@@ -71,7 +93,7 @@ def _io(spec: Any, kind: str) -> dict[str, TensorSpec]:
 
 
 def load_network(path: str | os.PathLike, spec: Any, backend: str = "onnxruntime", threads: int | None = None,
-                 device: str = "cpu", name: str | None = None) -> Network:
+                 device: str | None = None, name: str | None = None) -> Network:
     """Open an ONNX graph as a Network.
 
     Args:
@@ -83,6 +105,7 @@ def load_network(path: str | os.PathLike, spec: Any, backend: str = "onnxruntime
         threads: intra-op threads (None: the backend's default, usually one per core).
         device: ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (ONNX Runtime with onnxruntime-gpu); ``"gpu"`` /
             ``"npu"`` (OpenVINO devices); the tensorrt backend needs ``"cuda"`` / ``"cuda:N"``.
+            None: the backend's default (``BACKENDS[backend].device``).
         name: the network's name in messages (default: the file stem).
 
     Raises:
@@ -93,6 +116,7 @@ def load_network(path: str | os.PathLike, spec: Any, backend: str = "onnxruntime
     """
     module = _import_backend(backend)
     path = Path(path)
+    device = BACKENDS[backend].device if device is None else device
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
     if not isinstance(device, str) or not device:
@@ -104,7 +128,7 @@ def load_network(path: str | os.PathLike, spec: Any, backend: str = "onnxruntime
                                name=name or path.stem)
 
 
-def load_networks(manifest: Any, backend: str = "onnxruntime", threads: int | None = None, device: str = "cpu",
+def load_networks(manifest: Any, backend: str = "onnxruntime", threads: int | None = None, device: str | None = None,
                   names: list[str] | None = None, precision: str | None = None) -> dict[str, Network]:
     """Open the networks of an exported model (a :class:`~unmix.runtime.manifest.Manifest` or its folder).
 

@@ -29,11 +29,11 @@ from typing import Mapping
 import numpy as np
 
 from unmix.errors import InputError, UsageError, first_line
+from unmix.runtime.backends import BACKENDS, check_graph_io
 from unmix.runtime.network import TensorSpec, check_feeds
 
 __all__ = ["OnnxRuntimeNetwork", "open_network"]
 
-_EXTRA = "pip install 'unmix[cpu]' (or 'unmix[gpu]' for CUDA)"
 _TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
           "tensor(int32)": "int32", "tensor(double)": "float64"}
 
@@ -42,7 +42,7 @@ def _import():
     try:
         import onnxruntime
     except ImportError:
-        raise UsageError(f"the onnxruntime backend is not installed: {_EXTRA}") from None
+        raise UsageError(f"the onnxruntime backend is not installed: {BACKENDS['onnxruntime'].extra}") from None
     return onnxruntime
 
 
@@ -133,8 +133,6 @@ def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[
 
     ``io_binding`` (CPU only): bind the static-shape inputs and outputs to preallocated buffers.
     """
-    from unmix.runtime.backends import check_graph_io
-
     ort = _import()
     providers = _providers(ort, device)
     options = ort.SessionOptions()

@@ -14,11 +14,11 @@ from typing import Mapping
 import numpy as np
 
 from unmix.errors import InputError, UsageError
+from unmix.runtime.backends import BACKENDS, check_graph_io
 from unmix.runtime.network import TensorSpec, check_feeds
 
 __all__ = ["OpenVinoNetwork", "open_network"]
 
-_EXTRA = "pip install 'unmix[openvino]'"
 _DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 _core = None
 _core_lock = threading.Lock()
@@ -28,7 +28,7 @@ def _import():
     try:
         import openvino
     except ImportError:
-        raise UsageError(f"the openvino backend is not installed: {_EXTRA}") from None
+        raise UsageError(f"the openvino backend is not installed: {BACKENDS['openvino'].extra}") from None
     return openvino
 
 
@@ -101,8 +101,6 @@ def _shape(partial_shape) -> tuple:
 def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec],
                  threads: int | None = None, device: str = "cpu", name: str = "network") -> OpenVinoNetwork:
     """Read and compile the graph and check its I/O against the declared specs."""
-    from unmix.runtime.backends import check_graph_io
-
     ov = _import()
     target = _DEVICES.get(device)
     if target is None:
