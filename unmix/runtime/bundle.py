@@ -10,6 +10,8 @@
 - ``<stem>.quicklook.png`` with the ``plot`` extra (skipped with a note otherwise);
 - ``<stem>.run.json`` — versions, model hashes, input shape, scale applied, timings, per-endmember stats.
 
+:func:`read_bundle` reads the abundances, endmembers and names back (``unmix-eval``).
+
 Everything is written into a hidden temporary folder beside the bundle (``.<stem>.tmp-*``), flushed to
 disk, and renamed into place; an older bundle of the same stem is moved aside first
 (``.<stem>.old-*``) and removed after. So a run killed at any point leaves either the previous complete
@@ -40,8 +42,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from unmix.errors import OutputError, UnmixError, output_error
-from unmix.io.envi import CubeWriter, write_library
+from unmix.errors import MissingInputError, OutputError, UnmixError, output_error
+from unmix.io.envi import CubeWriter, read_cube, write_library
 from unmix.io.scene import Scene
 from unmix.runtime.tiling import row_blocks
 
@@ -318,6 +320,19 @@ def _write_locked(out_dir: Path, stem: str, scene: Scene, result: Any, run_info:
             raise output_error(final, "write the output bundle", exc) from None
         raise
     return final
+
+
+def read_bundle(bundle: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(H, W, p) abundances, (p, B) endmembers and names from an unmix-run bundle folder."""
+    runs = sorted(bundle.glob("*.run.json"))
+    if not bundle.is_dir() or not runs:
+        raise MissingInputError(f"{bundle}: not an unmix-run output bundle (no *.run.json)")
+    stem = runs[0].name[: -len(".run.json")]
+    abundances = read_cube(bundle / f"{stem}.abund.hdr").read()
+    rows = (bundle / f"{stem}.endmembers.csv").read_text().strip().splitlines()
+    names = rows[0].split(",")[1:]
+    endmembers = np.array([[float(v) for v in row.split(",")[1:]] for row in rows[1:]], dtype=np.float32).T
+    return abundances, endmembers, names
 
 
 def _plain(value: Any) -> Any:
