@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from unmix.errors import InputError, UsageError
+from unmix.errors import InputError, UsageError, require_int
 
 __all__ = [
     "DEFAULT_WORKSPACE_MB",
@@ -96,8 +96,7 @@ def build_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     from unmix.runtime.manifest import Manifest, file_sha256, load_manifest
 
     trt, cudart = _require_tensorrt()
-    if isinstance(workspace_mb, bool) or not isinstance(workspace_mb, int) or workspace_mb < 16:
-        raise UsageError(f"workspace_mb must be an integer >= 16, got {workspace_mb!r}")
+    workspace_mb = require_int(workspace_mb, "workspace_mb", 16)
     say = progress or (lambda message: None)
     manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
     cache = Path(cache_dir) if cache_dir is not None else manifest.model_dir / ENGINE_DIR

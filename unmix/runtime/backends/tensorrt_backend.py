@@ -388,9 +388,9 @@ def build_serialized_engine(onnx_path: str | os.PathLike, input_shapes: Mapping[
     if plan is None:
         raise InputError(f"{onnx_path}: TensorRT could not build an engine (see the messages above)")
     if timing_cache is not None:
-        from unmix.runtime.engine_cache import _write_atomic
+        from unmix.io.files import write_atomic
 
-        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     flags_used = {"strongly_typed": True, "workspace_mb": int(workspace_mb),
                   "timing_cache": str(timing_cache) if timing_cache is not None else None,
                   "timing_cache_reused": bool(cache_bytes), "profile": profile is not None,
