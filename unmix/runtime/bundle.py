@@ -21,8 +21,8 @@ the output folder as it was, with one :class:`~unmix.errors.OutputError` (exit 7
 
 Concurrency: writing a bundle holds an exclusive ``fcntl.flock`` on the output folder itself (no lock
 file is left behind; the kernel drops the lock when the process ends, even by SIGKILL). Runs that
-write into one folder take turns: the lock is held only while a bundle is written (about a second),
-not while unmixing, so each bundle that appears is whole and, for the same stem, the last writer's
+write into one folder take turns: the lock is held only while a bundle is written, not while
+unmixing, so each bundle that appears is whole and, for the same stem, the last writer's
 one stays. Holding the lock, a writer first repairs what a killed writer left: a bundle moved aside
 but never replaced is put back, stale temporary folders are removed. A writer that cannot get the
 lock within ``lock_timeout`` seconds gives up with an OutputError. Where ``fcntl`` does not exist

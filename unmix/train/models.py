@@ -60,7 +60,7 @@ class SpectralConv3d(nn.Conv3d):
     """``nn.Conv3d`` that calls oneDNN directly in eager float32 CPU mode.
 
     For a single small-channel tile (N = 1) torch's heuristic picks its im2col fallback
-    (``slow_conv3d``), 10-20x slower than oneDNN on these shapes; the direct call is the same
+    (``slow_conv3d``), many times slower than oneDNN on these shapes; the direct call is the same
     convolution (same numbers to float32 rounding, autograd included). Under export, compile,
     tracing or a dispatch mode (e.g. FlopCounterMode) it is a plain ``nn.Conv3d``.
     """
