@@ -63,10 +63,10 @@ from benchmarks.readme import update_readme  # noqa: E402
 
 from unmix.io.benchmarks import load_benchmark  # noqa: E402
 from unmix.io.libraries import load_earthlib  # noqa: E402
+from unmix.io.synthetic import synthetic_scene  # noqa: E402
 from unmix.physics.fcls import fcls  # noqa: E402
 from unmix.physics.metrics import align, evaluate, sad  # noqa: E402
 from unmix.physics.mixing import endmembers_from_abundances  # noqa: E402
-from unmix.physics.synthetic import synthetic_scene  # noqa: E402
 from unmix.physics.vca import vca  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -83,7 +83,7 @@ def torch_device():
 
 def train():
     from unmix.io.envi import write_cube
-    from unmix.physics.synthetic import synthetic_scene
+    from unmix.io.synthetic import synthetic_scene
     device = torch_device()
     x = np.linspace(0, 1, 40)
     spectra = np.stack([0.2 + 0.6 * x, 0.8 - 0.5 * x, 0.4 + 0.3 * np.sin(6 * x)])

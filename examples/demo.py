@@ -20,8 +20,8 @@ import numpy as np
 import unmix
 from unmix.io.envi import write_cube
 from unmix.io.libraries import load_earthlib
+from unmix.io.synthetic import synthetic_scene
 from unmix.physics.fcls import fcls
-from unmix.physics.synthetic import synthetic_scene
 from unmix.physics.vca import vca
 
 

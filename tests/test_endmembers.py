@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from unmix.io.libraries import load_earthlib
+from unmix.io.synthetic import synthetic_scene
 from unmix.physics.endmembers import (
     spatial_means,
     MISFIT_RATIO_LIMIT,
@@ -17,7 +18,7 @@ from unmix.physics.endmembers import (
     simplex_criterion,
 )
 from unmix.physics.metrics import sad_degrees
-from unmix.physics.synthetic import add_noise, synthetic_scene
+from unmix.physics.synthetic import add_noise
 from unmix.physics.vca import vca
 
 

@@ -15,7 +15,7 @@ spectral_envi = pytest.importorskip("spectral.io.envi")
 import unmix  # noqa: E402
 from tests.conftest import need_data  # noqa: E402
 from unmix.errors import EnviError, UsageError  # noqa: E402
-from unmix.io import envi  # noqa: E402
+from unmix.io.envi import reader  # noqa: E402
 from unmix.io.envi import (  # noqa: E402
     CubeWriter,
     find_envi_files,
@@ -450,13 +450,13 @@ def test_tile_of_a_large_file_reads_only_what_it_needs(tmp_path, monkeypatch):
             handle.truncate(lines * samples * bands * 4)
         scene = read_cube(header_path)
         bytes_read = []
-        original = envi._read_into
+        original = reader.read_into
 
         def counting(handle, buffer, offset):
             bytes_read.append(buffer.size)
             return original(handle, buffer, offset)
 
-        monkeypatch.setattr(envi, "_read_into", counting)
+        monkeypatch.setattr(reader, "read_into", counting)
         tracemalloc.start()
         start = time.perf_counter()
         tile = scene.read_tile(slice(500, 508), slice(700, 708))

@@ -17,10 +17,10 @@ import pytest
 from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
 from unmix.errors import InputError, UsageError
 from unmix.io.scene import Scene
+from unmix.io.synthetic import synthetic_scene
 from unmix.physics.fcls import fcls
 from unmix.physics.mixing import endmembers_from_abundances
 from unmix.physics.simplex import project_simplex
-from unmix.physics.synthetic import synthetic_scene
 from unmix.runtime.network import TensorSpec, check_feeds, pipeline_specs
 from unmix.runtime.pipeline import PipelineConfig, predict_abundances, run_pipeline
 from unmix.io.diskarray import DiskArray

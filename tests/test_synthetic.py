@@ -6,6 +6,7 @@ import pytest
 
 from unmix.errors import InputError, UsageError
 from unmix.io.libraries import SpectralLibrary
+from unmix.io.synthetic import synthetic_scene
 from unmix.physics.synthetic import (
     add_noise,
     dirichlet_abundances,
@@ -14,7 +15,6 @@ from unmix.physics.synthetic import (
     pick_distinct,
     smooth_abundances,
     spectral_angles_deg,
-    synthetic_scene,
 )
 
 WAVELENGTHS = np.arange(400.0, 2451.0, 10.0)  # 206 bands

@@ -149,7 +149,10 @@ def report_errors(program: str):
 
 
 def require_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an int (bools refused), within ``minimum..maximum``; else a UsageError naming ``name``."""
+    """``value`` as an int (bools refused; numpy integers accepted), within ``minimum..maximum``.
+
+    Else a UsageError naming ``name`` and the range, e.g. ``tile must be an integer >= 1, got 0``.
+    """
     import operator
 
     try:
@@ -157,11 +160,12 @@ def require_int(value: object, name: str, minimum: int | None = None, maximum: i
             raise TypeError
         number = operator.index(value)
     except TypeError:
-        raise UsageError(f"{name} must be an integer, got {value!r}") from None
-    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        low = "" if minimum is None else f">= {minimum}"
-        high = "" if maximum is None else f"<= {maximum}"
-        raise UsageError(f"{name} must be {' and '.join(p for p in (low, high) if p)}, got {number}")
+        number = None
+    if number is None or (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        low = "" if minimum is None else f" >= {minimum}"
+        high = "" if maximum is None else f" <= {maximum}"
+        got = repr(value) if number is None else number
+        raise UsageError(f"{name} must be an integer{low}{' and' if low and high else ''}{high}, got {got}")
     return number
 
 

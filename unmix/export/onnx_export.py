@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unmix.errors import OutputError, UnmixError, UsageError, first_line
+from unmix.errors import OutputError, UnmixError, UsageError, first_line, require_int
 from unmix.runtime.manifest import MANIFEST_NAME, file_sha256
 from unmix.runtime.network import NETWORK_NAMES, NetworkSpec, TensorSpec, pipeline_specs
 
@@ -208,9 +208,7 @@ def export_contracts(models: Mapping[str, nn.Module], config: Mapping[str, Any],
     """
     from unmix.export.steps import fused_modules
 
-    for value, label in ((tile, "tile"), (batch, "batch")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"{label} must be an integer >= 1, got {value!r}")
+    tile, batch = require_int(tile, "tile", 1), require_int(batch, "batch", 1)
     modules = fused_modules(models)
     hybridstu = modules["hybridstu"]
     bands, p = int(hybridstu.bands), int(hybridstu.endmembers)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from unmix.errors import InputError, UsageError
+from unmix.errors import InputError, UsageError, require_int
 
 __all__ = [
     "DEFAULT_WORKSPACE_MB",
@@ -111,9 +111,9 @@ def build_serialized_engine(onnx_path: str | os.PathLike, input_shapes: Mapping[
     if plan is None:
         raise InputError(f"{onnx_path}: TensorRT could not build an engine (see the messages above)")
     if timing_cache is not None:
-        from unmix.runtime.engine_cache import _write_atomic
+        from unmix.io.files import write_atomic
 
-        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     flags_used = {"strongly_typed": True, "workspace_mb": int(workspace_mb),
                   "timing_cache": str(timing_cache) if timing_cache is not None else None,
                   "timing_cache_reused": bool(cache_bytes), "profile": profile is not None,
@@ -161,8 +161,7 @@ def build_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     from unmix.runtime.manifest import Manifest, file_sha256, load_manifest
 
     trt, cudart = _require_tensorrt()
-    if isinstance(workspace_mb, bool) or not isinstance(workspace_mb, int) or workspace_mb < 16:
-        raise UsageError(f"workspace_mb must be an integer >= 16, got {workspace_mb!r}")
+    workspace_mb = require_int(workspace_mb, "workspace_mb", 16)
     say = progress or (lambda message: None)
     manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
     cache = Path(cache_dir) if cache_dir is not None else manifest.model_dir / ENGINE_DIR

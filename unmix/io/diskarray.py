@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from unmix.errors import UsageError
-from unmix.io.envi import _read_into, _write_at
+from unmix.io.files import read_into, write_at
 
 __all__ = ["DiskArray"]
 
@@ -90,10 +90,10 @@ class DiskArray:
 
     def _read(self, offset: int, size: int) -> np.ndarray:
         buffer = np.empty(size, dtype=np.uint8)
-        got = _read_into(self._file, buffer, offset)
+        got = read_into(self._file, buffer, offset)
         if got < size:
             raise OSError(f"{self.path}: short read at byte {offset + got}")
         return buffer.view(self.dtype)
 
     def _write(self, offset: int, block: np.ndarray) -> None:
-        _write_at(self._file, memoryview(block).cast("B"), offset)
+        write_at(self._file, memoryview(block).cast("B"), offset)

@@ -10,6 +10,8 @@
 - ``<stem>.quicklook.png`` with the ``plot`` extra (skipped with a note otherwise);
 - ``<stem>.run.json`` — versions, model hashes, input shape, scale applied, timings, per-endmember stats.
 
+:func:`read_bundle` reads the abundances, endmembers and names back (``unmix-eval``).
+
 Everything is written into a hidden temporary folder beside the bundle (``.<stem>.tmp-*``), flushed to
 disk, and renamed into place; an older bundle of the same stem is moved aside first
 (``.<stem>.old-*``) and removed after. So a run killed at any point leaves either the previous complete
@@ -19,8 +21,8 @@ the output folder as it was, with one :class:`~unmix.errors.OutputError` (exit 7
 
 Concurrency: writing a bundle holds an exclusive ``fcntl.flock`` on the output folder itself (no lock
 file is left behind; the kernel drops the lock when the process ends, even by SIGKILL). Runs that
-write into one folder take turns: the lock is held only while a bundle is written (about a second),
-not while unmixing, so each bundle that appears is whole and, for the same stem, the last writer's
+write into one folder take turns: the lock is held only while a bundle is written, not while
+unmixing, so each bundle that appears is whole and, for the same stem, the last writer's
 one stays. Holding the lock, a writer first repairs what a killed writer left: a bundle moved aside
 but never replaced is put back, stale temporary folders are removed. A writer that cannot get the
 lock within ``lock_timeout`` seconds gives up with an OutputError. Where ``fcntl`` does not exist
@@ -29,7 +31,6 @@ lock within ``lock_timeout`` seconds gives up with an OutputError. Where ``fcntl
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -40,8 +41,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from unmix.errors import OutputError, UnmixError, output_error
-from unmix.io.envi import CubeWriter, write_library
+from unmix.errors import MissingInputError, OutputError, UnmixError, output_error
+from unmix.io.envi import CubeWriter, read_cube, write_library
+from unmix.io import strict_json
+from unmix.io.files import fsync_dir, fsync_tree, publish_modes
 from unmix.io.scene import Scene
 from unmix.runtime.tiling import row_blocks
 
@@ -139,48 +142,6 @@ def repair_output(folder: str | Path, stem: str, complete) -> None:
                 break
     for leftover in _leftovers(folder, stem, "tmp") + _leftovers(folder, stem, "old"):
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def publish_modes(folder: Path) -> None:
-    """Give ``folder`` and its files the permissions a plain ``mkdir``/``open`` would (the umask's).
-
-    ``tempfile.mkdtemp`` makes private (0700) folders and some writers private (0600) files; once renamed
-    into place they must look like any other output.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for entry in folder.iterdir():
-        if entry.is_file() and not entry.is_symlink():
-            os.chmod(entry, 0o666 & ~mask)
-
-
-def fsync_file(path: Path) -> None:
-    """Flush one file's data to disk."""
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` and the folder itself to disk (before it is renamed into place)."""
-    for entry in folder.iterdir():
-        if entry.is_file():
-            fsync_file(entry)
-    fsync_dir(folder)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (renames) to disk, where the platform allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def is_bundle(folder: Path) -> bool:
@@ -308,7 +269,7 @@ def _write_locked(out_dir: Path, stem: str, scene: Scene, result: Any, run_info:
         info = {"format": RUN_FORMAT, **run_info, "notes": notes,
                 "endmembers": endmember_stats(result.abundances, names),
                 "timings": result.timings, "settings": result.config}
-        (staging / f"{stem}.run.json").write_text(json.dumps(info, indent=2, default=_plain) + "\n")
+        (staging / f"{stem}.run.json").write_text(strict_json.dumps(info, indent=2) + "\n")
         publish_modes(staging)
         fsync_tree(staging)
         _swap_in(staging, final)
@@ -320,14 +281,17 @@ def _write_locked(out_dir: Path, stem: str, scene: Scene, result: Any, run_info:
     return final
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+def read_bundle(bundle: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(H, W, p) abundances, (p, B) endmembers and names from an unmix-run bundle folder."""
+    runs = sorted(bundle.glob("*.run.json"))
+    if not bundle.is_dir() or not runs:
+        raise MissingInputError(f"{bundle}: not an unmix-run output bundle (no *.run.json)")
+    stem = runs[0].name[: -len(".run.json")]
+    abundances = read_cube(bundle / f"{stem}.abund.hdr").read()
+    rows = (bundle / f"{stem}.endmembers.csv").read_text().strip().splitlines()
+    names = rows[0].split(",")[1:]
+    endmembers = np.array([[float(v) for v in row.split(",")[1:]] for row in rows[1:]], dtype=np.float32).T
+    return abundances, endmembers, names
 
 
 def _swap_in(staging: Path, final: Path) -> None:

@@ -9,12 +9,10 @@ worker, unmix, write the bundle atomically) and reports errors the same way.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -73,10 +71,6 @@ class RayUnavailableError(UnmixError):
     exit_code = 69
 
 
-#: Above this size in MiB (float32 abundances, RMSE and uncertainty maps together), unmix-run keeps the
-#: maps on disk (:class:`unmix.io.diskarray.DiskArray`) rather than in memory; the environment variable
-#: ``UNMIX_MAPS_IN_MEMORY_MB`` overrides it (0: always on disk).
-MAPS_IN_MEMORY_MB = 64
 #: The pixel sample of ``--reestimate-endmembers`` given without a number.
 REESTIMATE_DEFAULT = 20000
 
@@ -94,25 +88,13 @@ def _reestimate_sample(value: str | None) -> int | None:
     return int(text)
 
 
-def _maps_in_memory_bytes() -> float:
-    value = os.environ.get("UNMIX_MAPS_IN_MEMORY_MB")
-    if value is None:
-        return MAPS_IN_MEMORY_MB * 2**20
-    try:
-        limit = float(value)
-    except ValueError:
-        limit = -1.0
-    if not limit >= 0:
-        raise UsageError(f"UNMIX_MAPS_IN_MEMORY_MB must be a number of MiB >= 0, got {value!r}")
-    return limit * 2**20
-
-
 def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None, overrides: dict[str, Any],
              plot: bool, progress: bool) -> dict[str, Any]:
     """Unmix one cube and write its bundle; returns the run summary (or the error) as a dict."""
     from unmix.io.envi import read_cube
     from unmix.runtime.bundle import write_bundle
     from unmix.runtime.unmixer import Unmixer
+    from unmix.runtime.workspace import map_workspace
 
     try:
         key = (model, backend, threads)
@@ -126,12 +108,7 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
         scene = read_cube(path)
         bar = _Progress(scene.name, progress)
         started = time.perf_counter()
-        # Scene-sized maps beyond MAPS_IN_MEMORY_MB live in a scratch folder instead of memory (gone
-        # once the bundle is written), so a large scene does not need more memory than a small one.
-        maps = scene.shape[0] * scene.shape[1] * 4 * (2 * len(unmixer.manifest.endmember_names) + 2)
-        scratch = (tempfile.TemporaryDirectory(prefix="unmix-run-") if maps > _maps_in_memory_bytes()
-                   else contextlib.nullcontext(None))
-        with scratch as workspace:
+        with map_workspace(scene.shape[0], scene.shape[1], len(unmixer.manifest.endmember_names)) as workspace:
             try:
                 result = unmixer.run(scene, progress=bar, workspace=workspace, **overrides)
             finally:
@@ -340,21 +317,6 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, reestim
         sys.exit(failed[0]["exit_code"])
 
 
-def read_bundle(bundle: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(H, W, p) abundances, (p, B) endmembers and names from an unmix-run bundle folder."""
-    from unmix.io.envi import read_cube
-
-    runs = sorted(bundle.glob("*.run.json"))
-    if not bundle.is_dir() or not runs:
-        raise MissingInputError(f"{bundle}: not an unmix-run output bundle (no *.run.json)")
-    stem = runs[0].name[: -len(".run.json")]
-    abundances = read_cube(bundle / f"{stem}.abund.hdr").read()
-    rows = (bundle / f"{stem}.endmembers.csv").read_text().strip().splitlines()
-    names = rows[0].split(",")[1:]
-    endmembers = np.array([[float(v) for v in row.split(",")[1:]] for row in rows[1:]], dtype=np.float32).T
-    return abundances, endmembers, names
-
-
 def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     path = Path(truth)
     if path.suffix == ".npz":
@@ -394,6 +356,7 @@ def eval_main(bundle, truth, cube, as_json):
     angle; abundance RMSE is over all pixels and endmembers; PSNR has peak 1.0.
     """
     from unmix.physics.metrics import evaluate
+    from unmix.runtime.bundle import read_bundle
 
     abundances, endmembers, names = read_bundle(bundle)
     true_a, true_e, data = _read_truth(truth)

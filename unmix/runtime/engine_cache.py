@@ -27,13 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from unmix.errors import InputError, UsageError, output_error
+from unmix.errors import InputError, UsageError
+from unmix.io.files import write_atomic
 
 __all__ = [
     "ENGINE_FORMAT",
@@ -175,7 +175,7 @@ class EngineSidecar:
     def write(self, path: str | os.PathLike) -> Path:
         """Write the sidecar atomically (temporary file in the same folder, then rename)."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        return _write_atomic(Path(path), text.encode("utf-8"))
+        return write_atomic(path, text)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "EngineSidecar":
@@ -186,24 +186,6 @@ class EngineSidecar:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: not a valid engine sidecar ({exc})") from None
         return cls.from_dict(data, path)
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise output_error(path, "write", exc) from None
-    return path
 
 
 def engine_paths(cache_dir: str | os.PathLike, name: str, key: str) -> tuple[Path, Path]:
@@ -280,7 +262,7 @@ def store_engine(cache_dir: str | os.PathLike, identity: EngineIdentity, plan: b
                             builder_flags=dict(builder_flags or {}),
                             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     sidecar_path.unlink(missing_ok=True)           # an old sidecar must never describe the new plan
-    _write_atomic(plan_path, plan)
+    write_atomic(plan_path, plan)
     sidecar.write(sidecar_path)
     return sidecar
 

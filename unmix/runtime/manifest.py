@@ -45,14 +45,15 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, _describe, output_error
+from unmix.errors import InputError, MissingInputError, UsageError, _describe
+from unmix.io.files import write_atomic
+from unmix.io.strict_json import to_plain
 from unmix.runtime.network import DTYPES, NetworkSpec, TensorSpec
 from unmix.runtime.settings import SETTINGS
 
@@ -474,57 +475,23 @@ def load_manifest(model_dir: str | os.PathLike, verify: bool = False) -> Manifes
     return manifest
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_manifest(model_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
     """Validate ``manifest`` against the files in ``model_dir`` and write ``manifest.json`` atomically.
 
-    numpy values become JSON numbers and lists. The document is written to a temporary file in the
-    folder, flushed and renamed over ``manifest.json`` (``os.replace``): a reader sees the old manifest
-    or the new one, never half of one. Returns the manifest's path.
+    numpy values become JSON numbers and lists, NaN and infinities ``null``
+    (:mod:`unmix.io.strict_json`). The document replaces ``manifest.json`` whole
+    (:func:`unmix.io.files.write_atomic`): a reader sees the old manifest or the new one, never half of
+    one. Returns the manifest's path.
     """
     folder = Path(model_dir)
-    document = _plain(dict(manifest))
+    document = to_plain(dict(manifest))
     target = folder / MANIFEST_NAME
     parse_manifest(document, folder, target)
     try:
         text = json.dumps(document, indent=1, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"manifest is not JSON-serialisable: {exc}") from None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise output_error(target, "write the manifest", exc) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and not isinstance(exc, UnmixError):
-            raise output_error(target, "write the manifest", exc) from None
-        raise
-    return target
+    return write_atomic(target, text + "\n", "write the manifest")
 
 
 # --------------------------------------------------------------------------------------------------

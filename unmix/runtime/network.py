@@ -36,7 +36,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from unmix.diffusion.schedule import Coef
-from unmix.errors import InputError, UsageError
+from unmix.errors import InputError, UsageError, require_int
 
 __all__ = [
     "ABUNDANCE_STEP_INPUTS",
@@ -131,10 +131,7 @@ def pipeline_specs(bands: int, endmembers: int, tile: int) -> dict[str, NetworkS
 
     Returns ``{"hybridstu", "abundance_step", "spectra_step"} -> NetworkSpec`` (module docstring).
     """
-    for value, name, minimum in ((bands, "bands", 1), (endmembers, "endmembers", 2), (tile, "tile", 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    B, p, T = int(bands), int(endmembers), int(tile)
+    B, p, T = require_int(bands, "bands", 1), require_int(endmembers, "endmembers", 2), require_int(tile, "tile", 1)
     f32 = "float32"
     return {
         "hybridstu": NetworkSpec(

@@ -22,15 +22,14 @@ from typing import Callable
 
 import numpy as np
 
-from unmix.errors import UsageError
+from unmix.errors import UsageError, require_int
 
 __all__ = ["Blender", "Tile", "blend_window", "pad_to_tile", "row_blocks", "tile_grid", "tile_starts"]
 
 
 def _check(size: int, tile: int, overlap: int) -> None:
     for value, name, minimum in ((size, "image size", 1), (tile, "tile", 1), (overlap, "overlap", 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        require_int(value, name, minimum)
     if overlap >= tile:
         raise UsageError(f"overlap must be smaller than the tile ({tile}), got {overlap}")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError, first_line, output_error
+from unmix.io.strict_json import to_plain
 
 __all__ = ["CHECKPOINT_FORMAT", "CONFIG_NAME", "load_checkpoint", "save_checkpoint"]
 
@@ -56,20 +56,6 @@ def _write_weights(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-
-
-def _plain_json(value: Any) -> Any:
-    """A JSON-safe copy: numpy scalars and arrays become numbers and lists, NaN and +-inf become None
-    (strict JSON has no NaN, and config.json is read by other tools than Python)."""
-    if isinstance(value, dict):
-        return {k: _plain_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_json(v) for v in value]
-    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
-        return _plain_json(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _network_class(model: nn.Module) -> tuple[str, dict[str, Any]]:
@@ -135,7 +121,7 @@ def save_checkpoint(out_dir: str | os.PathLike, models: Mapping[str, nn.Module],
     for name, model in models.items():
         class_name, args = _network_class(model)
         table[name] = {"class": class_name, "args": args, "file": f"{name}.safetensors"}
-    document = _plain_json(dict(config))
+    document = to_plain(dict(config))
     document.setdefault("format", CHECKPOINT_FORMAT)
     document[_NETWORKS_KEY] = table
     try:
@@ -159,7 +145,7 @@ def save_checkpoint(out_dir: str | os.PathLike, models: Mapping[str, nn.Module],
 
 def _save_locked(out_dir: Path, parent: Path, table: dict[str, Any], document: dict[str, Any],
                  models: Mapping[str, nn.Module], ema: Mapping[str, Any] | None) -> Path:
-    from unmix.runtime.bundle import fsync_dir, fsync_tree, publish_modes
+    from unmix.io.files import fsync_dir, fsync_tree, publish_modes
 
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))

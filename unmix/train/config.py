@@ -4,8 +4,9 @@ Every hyper-parameter lives in :class:`TrainConfig`; a preset fills it, a TOML f
 field (same section and key names as ``TrainConfig.to_dict()``), and the resolved dictionary is stored
 in the checkpoint so a run can be repeated exactly.
 
-Presets (2 CPU cores): ``tiny`` (demo and CI, <= 2 min), ``default`` (<= 3 min per scene; used when no
-preset is named), ``full`` (best accuracy, no time bound).
+Presets: ``tiny`` (demo and CI, the shortest), ``default`` (used when no preset is named: accuracy
+within a CPU time budget; ``benchmarks/train_time.py`` measures it), ``full`` (best accuracy,
+no time bound).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unmix.errors import UsageError
+from unmix.errors import UsageError, require_int
 
 __all__ = [
     "HybridSTU",
@@ -29,12 +29,6 @@ __all__ = [
     "flops_per_call",
     "timestep_embedding",
 ]
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _replicate_pad_hw(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -66,7 +60,7 @@ class SpectralConv3d(nn.Conv3d):
     """``nn.Conv3d`` that calls oneDNN directly in eager float32 CPU mode.
 
     For a single small-channel tile (N = 1) torch's heuristic picks its im2col fallback
-    (``slow_conv3d``), 10-20x slower than oneDNN on these shapes; the direct call is the same
+    (``slow_conv3d``), many times slower than oneDNN on these shapes; the direct call is the same
     convolution (same numbers to float32 rounding, autograd included). Under export, compile,
     tracing or a dispatch mode (e.g. FlopCounterMode) it is a plain ``nn.Conv3d``.
     """
@@ -106,15 +100,15 @@ class HybridSTU(nn.Module):
     def __init__(self, bands: int, endmembers: int, reduced_bands: int | None = 32, width: int = 16,
                  depth3d: int = 3, depth2d: int = 2):
         super().__init__()
-        bands = _positive_int(bands, "bands")
-        endmembers = _positive_int(endmembers, "endmembers", 2)
+        bands = require_int(bands, "bands", 1)
+        endmembers = require_int(endmembers, "endmembers", 2)
         if reduced_bands is not None:
-            reduced_bands = _positive_int(reduced_bands, "reduced_bands")
+            reduced_bands = require_int(reduced_bands, "reduced_bands", 1)
             if reduced_bands > bands:
                 raise UsageError(f"reduced_bands must be <= bands = {bands}, got {reduced_bands}")
-        width = _positive_int(width, "width")
-        depth3d = _positive_int(depth3d, "depth3d")
-        depth2d = _positive_int(depth2d, "depth2d")
+        width = require_int(width, "width", 1)
+        depth3d = require_int(depth3d, "depth3d", 1)
+        depth2d = require_int(depth2d, "depth2d", 1)
         self._config = {"bands": bands, "endmembers": endmembers, "reduced_bands": reduced_bands,
                         "width": width, "depth3d": depth3d, "depth2d": depth2d}
 
@@ -353,16 +347,16 @@ class ResUNet(nn.Module):
         super().__init__()
         if dims not in (1, 2) or isinstance(dims, bool):
             raise UsageError(f"dims must be 1 or 2, got {dims!r}")
-        in_channels = _positive_int(in_channels, "in_channels")
-        out_channels = in_channels if out_channels is None else _positive_int(out_channels, "out_channels")
-        base_channels = _positive_int(base_channels, "base_channels")
-        channel_mult = tuple(_positive_int(m, "channel_mult entries") for m in channel_mult)
+        in_channels = require_int(in_channels, "in_channels", 1)
+        out_channels = in_channels if out_channels is None else require_int(out_channels, "out_channels", 1)
+        base_channels = require_int(base_channels, "base_channels", 1)
+        channel_mult = tuple(require_int(m, "channel_mult entries", 1) for m in channel_mult)
         if not channel_mult:
             raise UsageError("channel_mult must name at least one level")
-        num_res_blocks = _positive_int(num_res_blocks, "num_res_blocks")
-        groups = _positive_int(groups, "groups")
-        time_embed_dim = 4 * base_channels if time_embed_dim is None else _positive_int(time_embed_dim,
-                                                                                         "time_embed_dim")
+        num_res_blocks = require_int(num_res_blocks, "num_res_blocks", 1)
+        groups = require_int(groups, "groups", 1)
+        time_embed_dim = 4 * base_channels if time_embed_dim is None else require_int(time_embed_dim,
+                                                                                       "time_embed_dim", 1)
         self._config = {"dims": dims, "in_channels": in_channels, "out_channels": out_channels,
                         "base_channels": base_channels, "channel_mult": list(channel_mult),
                         "num_res_blocks": num_res_blocks, "groups": groups, "time_embed_dim": time_embed_dim,

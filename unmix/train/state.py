@@ -12,7 +12,6 @@ state as it was. One training per folder at a time.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -24,22 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unmix.errors import InputError, UnmixError, WriteError, first_line, output_error
-from unmix.runtime.bundle import fsync_file
+from unmix.io.files import replacing
 
 _FORMAT = "unmix-train-state/1"
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class TrainState:
@@ -90,21 +76,19 @@ class TrainState:
                 else:
                     scalars[f"{index}/{key}"] = value
         weights = self.folder / f"{stage}.{step}.safetensors"
-        tmp = weights.with_name(weights.name + ".tmp")
         try:
-            try:
-                save_file(tensors, str(tmp))
-            except SafetensorError as exc:  # its I/O errors arrive as SafetensorError, not OSError
-                raise WriteError(f"{tmp}: cannot write the training state ({exc})") from None
-            fsync_file(tmp)
-            os.replace(tmp, weights)
-            _write_json_atomic(self.folder / f"{stage}.json", {
-                "format": _FORMAT, "stage": stage, "step": step, "weights": weights.name,
-                "fingerprint": self.fingerprint, "param_groups": opt["param_groups"],
-                "optimizer_scalars": scalars,
-            })
+            with replacing(weights) as tmp:
+                try:
+                    save_file(tensors, str(tmp))
+                except SafetensorError as exc:  # its I/O errors arrive as SafetensorError, not OSError
+                    raise WriteError(f"{tmp}: cannot write the training state ({exc})") from None
+            with replacing(self.folder / f"{stage}.json") as tmp:
+                tmp.write_text(json.dumps({
+                    "format": _FORMAT, "stage": stage, "step": step, "weights": weights.name,
+                    "fingerprint": self.fingerprint, "param_groups": opt["param_groups"],
+                    "optimizer_scalars": scalars,
+                }))
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)
             try:
                 self.folder.rmdir()  # only when empty: a first save that failed leaves nothing behind
             except OSError:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from unmix.errors import InputError, MissingInputError, UsageError
+from unmix.errors import InputError, MissingInputError, UsageError, require_int
 from unmix.runtime.network import Network, TensorSpec
 
 __all__ = ["BACKENDS", "Backend", "available_backends", "load_network", "load_networks"]
@@ -117,8 +117,8 @@ def load_network(path: str | os.PathLike, spec: Any, backend: str = "onnxruntime
     module = _import_backend(backend)
     path = Path(path)
     device = BACKENDS[backend].device if device is None else device
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
+    if threads is not None:
+        threads = require_int(threads, "threads", 1)
     if not isinstance(device, str) or not device:
         raise UsageError(f"device must be a string such as 'cpu', got {device!r}")
     if not path.is_file():

@@ -6,12 +6,10 @@ is refused when that provider is not available. Graph optimisation level: all.
 
 The intra-op workers do not spin while they wait for work (``session.intra_op.allow_spinning = 0``):
 between network calls the pipeline's host loop (tile reads, blending, statistics) needs the same
-cores, and on a machine shared with other jobs spinning workers steal them. On 2 cores of an AMD EPYC
-with the machine's load average near 3, a 64 x 64 tile's fused 2D DDIM step took 7.1-8.3 ms per call
-without spinning against 11.4-15.3 ms with it, HybridSTU 26.6-29.3 ms against 34.0-38.0 ms, and the
-whole pipeline on a 256 x 256 x 156 cube ran 15,900-16,300 px/s against 8,000-9,800 px/s
-(``benchmarks/speed.py`` records the per-network figures of each run). Sequential execution, one
-inter-op thread: the parallel executor was slower here (14.9-17.8 ms per step).
+cores, and on a machine shared with other jobs spinning workers steal them: on a loaded 2-core machine
+both the network calls and the whole pipeline ran faster without spinning (``benchmarks/speed.py``
+records the per-network figures of each run). Sequential execution, one inter-op thread: the parallel
+executor was slower there.
 
 On CPU the static-shape inputs and outputs are bound once to preallocated buffers (ONNX Runtime
 ``IOBinding`` over ``OrtValue``s that share the buffers' memory): a call copies the feeds in, runs,
