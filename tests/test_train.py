@@ -261,3 +261,19 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert set(single) == set(distributed)
     for name, grad in single.items():
         torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("module, program, extra", [("unmix.train.cli", "unmix-train", "train"),
+                                                    ("unmix.export.cli", "unmix-export", "export")])
+def test_missing_torch_names_the_extra(tmp_path, module, program, extra):
+    # sys.modules["torch"] = None is how Python itself reports a package that cannot be imported
+    scene = small_scene()
+    write_cube(tmp_path / "cube.hdr", scene.read(), wavelengths=scene.wavelengths)
+    (tmp_path / "checkpoint").mkdir()
+    target = tmp_path / ("cube.hdr" if program == "unmix-train" else "checkpoint")
+    code = (f"import sys; sys.modules['torch'] = None; sys.argv = ['{program}', {str(target)!r}, '--out', "
+            f"{str(tmp_path / 'out')!r}] + (['-p', '3'] if '{program}' == 'unmix-train' else []); from {module} import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"{program}: error: {program} needs torch, which is not installed: "
+                                   f"pip install 'unmix[{extra}]'")

@@ -103,8 +103,32 @@ class DataNotFoundError(MissingInputError):
     """A benchmark data set or spectral library is not where ``UNMIX_DATA`` points."""
 
 
-def report_errors(program: str):
+# Optional packages -> the pip extra that installs them (pyproject.toml); torch belongs to the program's own
+# extra (``train`` for unmix-train, ``export`` for unmix-export).
+OPTIONAL_PACKAGES = {
+    "safetensors": "train", "earthlib": "train", "onnx": "export", "onnxscript": "export",
+    "polygraphy": "export", "onnxslim": "export", "onnxruntime": "cpu", "openvino": "openvino",
+    "matplotlib": "plot", "ray": "ray",
+}
+
+
+def missing_package_message(program: str, exc: ModuleNotFoundError, extra: str | None) -> str | None:
+    """``"<program> needs <package>, which is not installed: pip install 'unmix[<extra>]'"``, or None.
+
+    None when the missing module is not one of unmix's optional packages (then it is a real bug).
+    """
+    package = (exc.name or "").split(".")[0]
+    wanted = extra if package == "torch" else OPTIONAL_PACKAGES.get(package)
+    if not wanted:
+        return None
+    return f"{program} needs {package}, which is not installed: pip install 'unmix[{wanted}]'"
+
+
+def report_errors(program: str, extra: str | None = None):
     """Decorator for a CLI entry point: an UnmixError becomes one line on stderr and its exit code.
+
+    A missing optional package (torch, onnx, ...) is a usage error (exit 2) naming the extra that
+    installs it (``extra``: the program's own, for torch).
 
     Unexpected OS errors (full disk, permissions) exit 74 with one line; Ctrl-C exits 130. Any other
     exception is a bug: one line naming it, exit 70, and the traceback only when ``UNMIX_DEBUG`` is set
@@ -132,6 +156,12 @@ def report_errors(program: str):
             except KeyboardInterrupt:
                 print(f"{program}: interrupted", file=sys.stderr)
                 sys.exit(130)
+            except ModuleNotFoundError as exc:
+                message = missing_package_message(program, exc, extra)
+                if message is None or os.environ.get("UNMIX_DEBUG"):
+                    raise
+                print(f"{program}: error: {message}", file=sys.stderr)
+                sys.exit(UsageError.exit_code)
             except OSError as exc:
                 print(f"{program}: error: {exc}", file=sys.stderr)
                 sys.exit(74)

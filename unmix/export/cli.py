@@ -29,7 +29,7 @@ from unmix.errors import report_errors
 @click.option("--workspace-mb", type=click.IntRange(min=64), default=1024, show_default=True,
               help="TensorRT builder workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
-@report_errors("unmix-export")
+@report_errors("unmix-export", extra="export")
 def main(checkpoint, out, fp16, tile, check, quiet, engines, workspace_mb, as_json):
     """Export the networks of CHECKPOINT (written by unmix-train) to ONNX with a manifest.
 

@@ -68,7 +68,7 @@ def _read_known(path: Path) -> tuple[np.ndarray, list[str]]:
               help="Where to train. [default: cuda when available]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
-@report_errors("unmix-train")
+@report_errors("unmix-train", extra="train")
 def main(cube, endmembers, preset, config_path, library, known_path, wavelengths, stage, out, resume, seed,
          device, as_json, quiet):
     """Train HybridSTU and the two diffusion priors on CUBE and write a checkpoint.
