@@ -176,7 +176,14 @@ def test_resume_continues_from_the_saved_step(tmp_path, monkeypatch):
     assert saved["step"] == 2
     calls.clear()
     monkeypatch.setattr(train_data, "step_generator", real)
-    resumed = fit(scene, 3, config=cfg, out=tmp_path / "run", resume=True, progress=False, log=lambda m: None)
+    # Without --resume the saved progress is kept and the run refused, naming both ways on.
+    with pytest.raises(UsageError, match=r"interrupted run \(cnn at step 4, spectra at step 2\); continue it with "
+                                         r"--resume, or discard it with --restart"):
+        fit(scene, 3, config=cfg, out=tmp_path / "run", progress=False, log=lambda m: None)
+    assert json.loads((tmp_path / "run" / ".train_state" / "spectra.json").read_text()) == saved
+    messages = []
+    resumed = fit(scene, 3, config=cfg, out=tmp_path / "run", resume=True, progress=False, log=messages.append)
+    assert "resuming: cnn at step 4, spectra at step 2" in messages
     np.testing.assert_array_equal(resumed.endmembers, reference.endmembers)
     ref_models, _ = load_checkpoint(tmp_path / "ref")
     new_models, _ = load_checkpoint(tmp_path / "run")
@@ -277,3 +284,16 @@ def test_missing_torch_names_the_extra(tmp_path, module, program, extra):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"{program}: error: {program} needs torch, which is not installed: "
                                    f"pip install 'unmix[{extra}]'")
+
+
+def test_restart_discards_saved_progress(tmp_path):
+    from unmix.train.state import TrainState
+
+    folder = tmp_path / ".train_state"
+    folder.mkdir()
+    (folder / "cnn.json").write_text('{"step": 7}')
+    with pytest.raises(UsageError, match=r"\(cnn at step 7\); continue it with --resume"):
+        TrainState(folder, resume=False)
+    assert (folder / "cnn.json").is_file()
+    assert TrainState(folder, resume=False, restart=True).progress() == ""
+    assert not folder.exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from unmix.errors import InputError, MissingInputError, report_errors
+from unmix.errors import InputError, MissingInputError, UsageError, report_errors
 
 
 def _read_known(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -62,15 +62,18 @@ def _read_known(path: Path) -> tuple[np.ndarray, list[str]]:
               help="Train one network only, reusing the others from the checkpoint in --out.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Checkpoint folder. [default: runs/<cube name>]")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved step.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved step (the progress "
+              "is saved in OUT/.train_state while training).")
+@click.option("--restart", is_flag=True, help="Discard an interrupted run's saved progress and start over (without "
+              "--resume or --restart, saved progress is kept and the run refused).")
 @click.option("--seed", type=int, default=None, help="Random seed (overrides the config).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Where to train. [default: cuda when available]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
 @report_errors("unmix-train", extra="train")
-def main(cube, endmembers, preset, config_path, library, known_path, wavelengths, stage, out, resume, seed,
-         device, as_json, quiet):
+def main(cube, endmembers, preset, config_path, library, known_path, wavelengths, stage, out, resume, restart,
+         seed, device, as_json, quiet):
     """Train HybridSTU and the two diffusion priors on CUBE and write a checkpoint.
 
     CUBE is an ENVI header (.hdr) or data file, or a benchmark name: samson, samson:zhu, jasper_ridge,
@@ -87,9 +90,16 @@ def main(cube, endmembers, preset, config_path, library, known_path, wavelengths
     config = resolve_config(preset, config_path, overrides)
     known, names = _read_known(known_path) if known_path else (None, None)
     log = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    result = fit(cube, endmembers, config=config, library=library, known=known, known_names=names,
-                 wavelengths=wavelengths, stage=stage, out=out, resume=resume, device=device,
-                 progress=not quiet, log=log)
+    if resume and restart:
+        raise UsageError("--resume and --restart exclude each other: continue the saved run, or start over")
+    try:
+        result = fit(cube, endmembers, config=config, library=library, known=known, known_names=names,
+                     wavelengths=wavelengths, stage=stage, out=out, resume=resume, restart=restart, device=device,
+                     progress=not quiet, log=log)
+    except KeyboardInterrupt:
+        print("unmix-train: interrupted; run the same command with --resume to continue from the last saved step",
+              file=sys.stderr)
+        sys.exit(130)
     if as_json:
         summary = {k: v for k, v in result.summary.items() if k != "endmembers"}
         summary["checkpoint"] = str(result.out_dir)

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from unmix.errors import InputError, UnmixError, WriteError, first_line, output_error
+from unmix.errors import InputError, UnmixError, UsageError, WriteError, first_line, output_error
 from unmix.io.files import replacing
 
 _FORMAT = "unmix-train-state/1"
@@ -33,22 +33,40 @@ class TrainState:
 
     Args:
         folder: where the state lives.
-        resume: restore saved stages; when False any old state is removed first.
+        resume: restore saved stages.
+        restart: discard a saved state and start over. With neither, a saved state (an interrupted run) is
+            kept and the run refused, so progress is never lost by forgetting ``--resume``.
         every_seconds: ``due`` is true at most this often (and always at a stage's last step).
         fingerprint: a string identifying the run (config and data); a saved state with another
             fingerprint is refused on resume rather than silently mixed in.
     """
 
-    def __init__(self, folder: Path, resume: bool, every_seconds: float = 15.0, fingerprint: str = ""):
+    def __init__(self, folder: Path, resume: bool, every_seconds: float = 15.0, fingerprint: str = "",
+                 restart: bool = False):
         self.folder = Path(folder)
         self.every_seconds = every_seconds
         self.fingerprint = fingerprint
         self._last_save = time.monotonic()
+        saved = self.progress()
+        if not resume and saved and not restart:
+            raise UsageError(f"{self.folder}: holds the saved progress of an interrupted run ({saved}); continue it "
+                             "with --resume, or discard it with --restart")
         if not resume and self.folder.exists():
             shutil.rmtree(self.folder)
         elif self.folder.is_dir():  # temporary files of saves that were killed part way
             for leftover in self.folder.glob("*.tmp*"):
                 leftover.unlink(missing_ok=True)
+
+    def progress(self) -> str:
+        """The saved stages and steps, e.g. ``"cnn at step 120"``; empty when nothing is saved."""
+        parts = []
+        for meta_path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                step = json.loads(meta_path.read_text()).get("step")
+            except (OSError, ValueError, AttributeError):
+                step = None
+            parts.append(f"{meta_path.stem} at step {step}" if isinstance(step, int) else meta_path.stem)
+        return ", ".join(parts)
 
     def due(self, step: int, total: int) -> bool:
         return step == total or time.monotonic() - self._last_save >= self.every_seconds

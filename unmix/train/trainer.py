@@ -167,6 +167,7 @@ def fit(
     stage: str = "all",
     out: str | Path | None = None,
     resume: bool = False,
+    restart: bool = False,
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = _log_to_stderr,
@@ -185,6 +186,8 @@ def fit(
             checkpoint already in ``out``).
         out: the checkpoint folder; default ``runs/<scene name>``.
         resume: continue an interrupted run from its last saved step.
+        restart: discard an interrupted run's saved progress (without it, or ``resume``, such progress
+            makes the call fail with a UsageError rather than be lost).
         device: ``cpu`` or ``cuda``; default CUDA when available.
 
     Returns:
@@ -219,7 +222,9 @@ def fit(
                                              None if known is None else np.asarray(known).tolist()],
                                             sort_keys=True).encode()).hexdigest()
     state = TrainState(out_dir / ".train_state", resume=resume, every_seconds=cfg.save_every_s,
-                       fingerprint=fingerprint)
+                       fingerprint=fingerprint, restart=restart)
+    if resume:
+        say(f"resuming: {state.progress() or 'no saved progress, starting from step 0'}")
 
     # 1. Endmember initialisation.
     pixels = prepared.valid_pixels      # (N, B) finite pixels, one copy for the engine and the input scaling
