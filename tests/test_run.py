@@ -308,3 +308,14 @@ def test_unmix_run_refuses_a_bad_reestimate_sample(tmp_path, value):
     assert done.returncode == 2, done.stderr
     assert "--reestimate-endmembers: expected a whole number of pixels >= 100" in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_an_unusable_out_is_refused_before_the_model_or_cube_is_read(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    for out, where in [(tmp_path / "a-file", tmp_path / "a-file"), (tmp_path / "a-file" / "out", tmp_path / "a-file")]:
+        # neither the cube nor the model exists: the --out check comes first
+        done = run_cli("main", tmp_path / "missing.hdr", "--model", tmp_path / "no-model",
+                       "--out", out, "--quiet", cwd=tmp_path)
+        assert done.returncode == 73, done.stderr
+        assert done.stderr.strip().startswith(f"unmix-run: error: {where}: is a file, not a folder")
+        assert str(out) in done.stderr and len(done.stderr.strip().splitlines()) == 1

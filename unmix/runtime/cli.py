@@ -23,7 +23,7 @@ import click
 import numpy as np
 
 from unmix import __version__
-from unmix.errors import InputError, MissingInputError, UnmixError, UsageError, first_line, report_errors
+from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError, first_line, report_errors
 from unmix.runtime.backends import BACKENDS
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -135,6 +135,18 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
         return {"cube": cube, "ok": False, "error": str(exc), "exit_code": exc.exit_code}
     except OSError as exc:
         return {"cube": cube, "ok": False, "error": f"{cube}: {exc}", "exit_code": 74}
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a folder of bundles: it (or a parent) is a file, or unwritable."""
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        where = "" if folder == out else f" (in --out {out})"
+        raise OutputError(f"{folder}: is a file, not a folder{where}; --out needs a folder for the output bundles")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: not writable; --out needs a folder where the output bundles can be written")
 
 
 def _import_ray():
@@ -288,6 +300,7 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, reestim
         if name in seen and Path(seen[name]).resolve() != Path(cube).resolve():
             raise UsageError(f"{cube} and {seen[name]} would both write {Path(out) / name}; rename one of them")
         seen.setdefault(name, cube)
+    _check_output_folder(Path(out))  # an unusable --out is refused before any work
     load_manifest(model)  # refuse a bad model folder once, before any cube
     backend = backend or _default_backend()
     overrides = {"steps": steps, "samples": samples, "eta": eta, "seed": seed, "reestimate": reestimate}
