@@ -319,3 +319,15 @@ def test_an_unusable_out_is_refused_before_the_model_or_cube_is_read(tmp_path):
         assert done.returncode == 73, done.stderr
         assert done.stderr.strip().startswith(f"unmix-run: error: {where}: is a file, not a folder")
         assert str(out) in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_every_command_states_its_version():
+    import unmix
+
+    for entry, program in [("main", "unmix-run"), ("eval_main", "unmix-eval")]:
+        done = run_cli(entry, "--version")
+        assert (done.returncode, done.stdout.strip()) == (0, f"{program} {unmix.__version__}"), done.stderr
+    for module, program in [("unmix.train.cli", "unmix-train"), ("unmix.export.cli", "unmix-export")]:
+        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+        assert (done.returncode, done.stdout.strip()) == (0, f"{program} {unmix.__version__}"), done.stderr

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import click
 
+from unmix import __version__
 from unmix.errors import report_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="unmix-export", message="%(prog)s %(version)s")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Model folder to write. [default: CHECKPOINT/model]")

@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from unmix import __version__
+from unmix import __version__
 from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError, first_line, report_errors
 from unmix.runtime.backends import BACKENDS
 
@@ -241,6 +242,7 @@ def _backend_versions(backend: str) -> dict[str, str]:
 
 
 @click.command(context_settings=_CONTEXT)
+@click.version_option(__version__, "--version", prog_name="unmix-run", message="%(prog)s %(version)s")
 @click.argument("cubes", nargs=-1, required=True)
 @click.option("--model", "-m", required=True, type=click.Path(path_type=Path),
               help="Model folder written by unmix-export (manifest.json and the ONNX networks).")
@@ -250,13 +252,14 @@ def _backend_versions(backend: str) -> dict[str, str]:
               help="Inference backend, on its default device: "
                    + ", ".join(f"{name} ({entry.device})" for name, entry in BACKENDS.items())
                    + ". [default: the first of them that is installed]")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per cube.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads per cube. [default: the backend's own (all cores); 1 per Ray task]")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps K (default: the model's).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Stochastic samples S; S > 1 adds their spread to the uncertainty map (use with --eta > 0), "
                    "which otherwise holds the noise and endmember spread propagated to the abundances.")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None, help="DDIM stochasticity, 0..1.")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Noise seed (default: the model's).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Noise seed, 0 .. 2^53. [default: the model's]")
 @click.option("--reestimate-endmembers", "reestimate", is_flag=False, flag_value=str(REESTIMATE_DEFAULT), default=None,
               metavar="[N]",
               help="Re-estimate the endmember spectra on each cube (the endmember engine, started from the "
@@ -354,6 +357,7 @@ def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 @click.command(context_settings=_CONTEXT)
+@click.version_option(__version__, "--version", prog_name="unmix-eval", message="%(prog)s %(version)s")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--truth", required=True,
               help="A benchmark name (samson, samson:zhu, jasper_ridge, sim1, sim1:30db, ...) or an .npz with "

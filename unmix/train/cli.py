@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from unmix import __version__
 from unmix.errors import InputError, MissingInputError, UsageError, report_errors
 
 
@@ -43,6 +44,7 @@ def _read_known(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="unmix-train", message="%(prog)s %(version)s")
 @click.argument("cube")
 @click.option("--endmembers", "-p", type=click.IntRange(min=2), required=True,
               help="Number of endmembers (materials) to find.")
@@ -60,13 +62,14 @@ def _read_known(path: Path) -> tuple[np.ndarray, list[str]]:
               help="Band centres in nm (text file) for cubes whose header has none.")
 @click.option("--stage", type=click.Choice(["all", "cnn", "spectra", "abundance"]), default="all", show_default=True,
               help="Train one network only, reusing the others from the checkpoint in --out.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Checkpoint folder. [default: runs/<cube name>]")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved step (the progress "
               "is saved in OUT/.train_state while training).")
 @click.option("--restart", is_flag=True, help="Discard an interrupted run's saved progress and start over (without "
               "--resume or --restart, saved progress is kept and the run refused).")
-@click.option("--seed", type=int, default=None, help="Random seed (overrides the config).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Random seed. [default: the config's, 0 in every preset]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Where to train. [default: cuda when available]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
