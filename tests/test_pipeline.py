@@ -481,7 +481,7 @@ def test_contract_errors_are_one_clear_sentence():
         PipelineConfig.from_dict({"stepz": 3})
     # the seed travels as a double (JSON, the C ABI): every integer up to 2^53 and none above
     assert PipelineConfig(seed=2**53).seed == 2**53
-    with pytest.raises(UsageError, match="seed must be >= 0 and <= 9007199254740992"):
+    with pytest.raises(UsageError, match="seed must be an integer >= 0 and <= 9007199254740992"):
         PipelineConfig(seed=2**53 + 1)
     assert PipelineConfig.from_dict({"steps": 5, "t0": 100, "eta": 0, "samples": 1, "rounds": 1, "tile": 32},
                                     overlap=4).to_dict()["overlap"] == 4

@@ -331,3 +331,15 @@ def test_every_command_states_its_version():
         done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
         assert (done.returncode, done.stdout.strip()) == (0, f"{program} {unmix.__version__}"), done.stderr
+
+
+def test_a_benchmark_name_is_a_cube(tmp_path, monkeypatch):
+    """unmix-run and unmix-train read a word as a benchmark name and a path as ENVI (unmix.io.sources)."""
+    from unmix.errors import DataNotFoundError, MissingInputError
+    from unmix.io.sources import open_cube
+
+    monkeypatch.setenv("UNMIX_DATA", str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="samson"):
+        open_cube("samson")
+    with pytest.raises(MissingInputError, match="samson.hdr: cube not found"):
+        open_cube(tmp_path / "samson.hdr")

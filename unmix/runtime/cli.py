@@ -92,7 +92,7 @@ def _reestimate_sample(value: str | None) -> int | None:
 def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None, overrides: dict[str, Any],
              plot: bool, progress: bool) -> dict[str, Any]:
     """Unmix one cube and write its bundle; returns the run summary (or the error) as a dict."""
-    from unmix.io.envi import read_cube
+    from unmix.io.sources import open_cube
     from unmix.runtime.bundle import write_bundle
     from unmix.runtime.unmixer import Unmixer
     from unmix.runtime.workspace import map_workspace
@@ -104,9 +104,7 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
             _WORKER["key"] = key
         unmixer = _WORKER["unmixer"]
         path = Path(cube)
-        if not path.exists():
-            raise MissingInputError(f"{path}: cube not found")
-        scene = read_cube(path)
+        scene = open_cube(cube)
         bar = _Progress(scene.name, progress)
         started = time.perf_counter()
         with map_workspace(scene.shape[0], scene.shape[1], len(unmixer.manifest.endmember_names)) as workspace:
@@ -282,7 +280,10 @@ def _backend_versions(backend: str) -> dict[str, str]:
 @report_errors("unmix-run")
 def main(cubes, model, out, backend, threads, steps, samples, eta, seed, reestimate, jobs, ray_address, no_quicklook,
          as_json, quiet):
-    """Unmix ENVI CUBES with an exported model and write one output bundle per cube.
+    """Unmix CUBES with an exported model and write one output bundle per cube.
+
+    Each of CUBES is an ENVI header (.hdr) or data file, or a benchmark name: samson, samson:zhu,
+    jasper_ridge, sim1, sim1:30db, sim1:20db (read from UNMIX_DATA).
 
     Each bundle holds the abundance maps (ENVI, one band per endmember, map info kept), the endmember
     spectra (.csv and .sli), the per-pixel reconstruction RMSE, the uncertainty map when sampled, a

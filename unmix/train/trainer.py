@@ -126,17 +126,9 @@ def load_scene(source: Scene | str | Path | np.ndarray) -> Scene:
         return source
     if isinstance(source, np.ndarray):
         return Scene.from_array(source)
-    text = str(source)
-    path = Path(text)
-    if path.suffix or path.exists() or os.sep in text:
-        if not path.exists():
-            raise MissingInputError(f"{path}: cube not found")
-        from unmix.io.envi import read_cube
+    from unmix.io.sources import open_cube
 
-        return read_cube(path)
-    from unmix.io.benchmarks import load_benchmark
-
-    return load_benchmark(text)
+    return open_cube(source)
 
 
 def read_wavelengths(path: str | Path) -> np.ndarray:
