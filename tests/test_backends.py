@@ -191,6 +191,11 @@ def test_manifest_invalid_json(model_dir):
         load_manifest(model_dir)
 
 
+def test_a_network_file_given_as_the_model_names_the_folder_expected(model_dir):
+    with pytest.raises(InputError, match=r"hybridstu\.onnx: a file; expected the folder written by unmix-export"):
+        load_manifest(model_dir / "hybridstu.onnx")
+
+
 def test_sha256_mismatch_is_refused_at_load_or_when_the_network_is_opened(model_dir):
     _edit(model_dir, lambda d: d["networks"]["hybridstu"].update(sha256="0" * 64))
     with pytest.raises(InputError, match=r"hybridstu.onnx: sha256 is .* 'networks.hybridstu.sha256' expects 0000"):

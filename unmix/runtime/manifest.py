@@ -457,6 +457,9 @@ def load_manifest(model_dir: str | os.PathLike, verify: bool = False) -> Manifes
             name outside the folder, or (on verification) a sha256 mismatch.
     """
     location = Path(model_dir)
+    if location.is_file() and location.suffix.lower() != ".json":
+        raise InputError(f"{location}: a file; expected the folder written by unmix-export (manifest.json and "
+                         "the ONNX networks)")
     if location.is_file():
         path, folder = location, location.parent
     else:
