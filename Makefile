@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # ONNX Runtime CPU -> unmix-eval against the truth, beside the baselines.
 demo: venv
 	$(BIN)/python examples/demo.py scene --out $(DEMO)
-	$(BIN)/unmix-train $(DEMO)/scene.hdr --endmembers 4 --preset tiny --out $(DEMO)/checkpoint --quiet
+	$(BIN)/unmix-train $(DEMO)/scene.hdr --endmembers 4 --preset tiny --out $(DEMO)/checkpoint
 	$(BIN)/unmix-export $(DEMO)/checkpoint --out $(DEMO)/model
 	$(BIN)/unmix-run $(DEMO)/scene.hdr --model $(DEMO)/model --out $(DEMO)/result --backend onnxruntime --quiet
 	$(BIN)/python examples/demo.py baselines --out $(DEMO)
