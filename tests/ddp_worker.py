@@ -10,7 +10,7 @@ import sys
 from safetensors.torch import save_file
 
 from tests.ddp_step import global_batches, make_models, step_losses
-from unmix.train.trainer import _Distributed
+from unmix.train.trainer import _Distributed, end_process
 
 
 def main(out: str) -> None:
@@ -26,6 +26,7 @@ def main(out: str) -> None:
         save_file({k: v.contiguous() for k, v in grads.items()}, out)
     del wrapped, loss_cnn, loss_unet  # the DDP reducers hold the process group: release them first
     ddp.close()
+    end_process(0)
 
 
 if __name__ == "__main__":

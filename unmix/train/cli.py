@@ -108,6 +108,10 @@ def main(cube, endmembers, preset, config_path, library, known_path, wavelengths
         summary["checkpoint"] = str(result.out_dir)
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    if result.summary.get("world_size", 1) > 1:
+        from unmix.train.trainer import end_process
+
+        end_process(0)
 
 
 if __name__ == "__main__":
