@@ -166,3 +166,15 @@ def test_missing_data_raises_data_not_found(tmp_path, monkeypatch):
     for name in ("samson", "jasper_ridge", "sim1:30db"):
         with pytest.raises(DataNotFoundError, match=str(tmp_path)):
             load_benchmark(name)
+
+
+def test_the_data_folder_default(monkeypatch, tmp_path):
+    from unmix.io import data
+
+    monkeypatch.delenv("UNMIX_DATA", raising=False)
+    assert data.data_dir() == data.REPO_ROOT.parent / "shared" / "data"          # a checkout
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "site-packages")           # an installed package
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    assert data.data_dir() == tmp_path / "share" / "unmix" / "data"
+    monkeypatch.setenv("UNMIX_DATA", str(tmp_path / "mine"))
+    assert data.data_dir() == tmp_path / "mine"

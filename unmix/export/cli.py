@@ -21,10 +21,10 @@ from unmix.errors import report_errors
 @click.option("--tile", type=click.IntRange(min=8), default=64, show_default=True,
               help="Static tile size (pixels) of the exported networks.")
 @click.option("--check/--no-check", default=True, show_default=True,
-              help="Parity checks: each fp32 graph against eager torch on ONNX Runtime and OpenVINO (max abs <= 1e-4); "
-                   "with --fp16 each fp16 graph against its fp32 graph (max abs <= 2e-2, numpy and polygraphy's "
-                   "Comparator on ONNX Runtime CPU, which runs fp16 ops largely in float32: this checks the graph's "
-                   "structure and its float32-pinned ops, not fp16 arithmetic); TensorRT engines against ONNX Runtime.")
+              help="Check that each exported graph computes what the trained network computes: run both on sample "
+                   "inputs and compare (fp32 graphs against PyTorch on ONNX Runtime and OpenVINO, to 1e-4; fp16 "
+                   "graphs against the fp32 ones, to 2e-2; TensorRT engines against ONNX Runtime). A failed check "
+                   "stops the export. --no-check skips it.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @click.option("--engines", is_flag=True, help="Build TensorRT engines too (needs TensorRT and an NVIDIA GPU); "
                                              "with --fp16 they are built whenever TensorRT is present.")

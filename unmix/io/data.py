@@ -11,9 +11,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:
-    """The data folder: ``$UNMIX_DATA`` if set, else ``../shared/data`` beside the repository root."""
+    """The data folder: ``$UNMIX_DATA`` if set; else, from a checkout, ``../shared/data`` beside the
+    repository root; else (an installed package) ``$XDG_DATA_HOME/unmix/data`` (``~/.local/share/unmix/data``).
+    """
     configured = os.environ.get("UNMIX_DATA")
-    return Path(configured).expanduser() if configured else (REPO_ROOT.parent / "shared" / "data")
+    if configured:
+        return Path(configured).expanduser()
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT.parent / "shared" / "data"
+    user_data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(user_data).expanduser() / "unmix" / "data"
 
 
 def data_path(*parts: str) -> Path:
