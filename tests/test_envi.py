@@ -588,3 +588,13 @@ def test_spectral_sees_our_header_keys_it_requires(tmp_path):
     assert os.path.getsize(tmp_path / "req.img") == 4
     image = spectral_envi.open(str(header_path))
     assert image.shape == (1, 1, 1)
+
+
+def test_written_wavelengths_are_rounded_only_where_that_is_the_same_number(tmp_path):
+    from unmix.io.envi import read_cube, write_cube
+
+    wavelengths = np.array([2.01 * 1000, 409.41704035874437, 400.0])      # 2009.9999999999998 from a conversion
+    write_cube(tmp_path / "c.hdr", np.zeros((1, 1, 3), np.float32), wavelengths=wavelengths)
+    text = (tmp_path / "c.hdr").read_text()
+    assert "wavelength = {2010, 409.4170403587444, 400}" in text
+    np.testing.assert_allclose(read_cube(tmp_path / "c.hdr").wavelengths, wavelengths, rtol=1e-15)

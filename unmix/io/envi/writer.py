@@ -59,7 +59,14 @@ def _numbers_text(values: Any, count: int, what: str) -> str:
     array = np.asarray(values, dtype=np.float64).reshape(-1)
     if array.size != count or not np.all(np.isfinite(array)):
         raise UsageError(f"{what} must be {count} finite numbers, got {array.size} values")
-    return "{" + ", ".join(repr(float(v)) for v in array) + "}"
+    return "{" + ", ".join(_short_number(float(v)) for v in array) + "}"
+
+
+def _short_number(value: float) -> str:
+    """``value`` with 12 significant digits when that is the same number to rounding (2010, not
+    2009.9999999999998 from a unit conversion), else exactly (``repr``)."""
+    short = f"{value:.12g}"
+    return short if abs(float(short) - value) <= 4 * np.finfo(np.float64).eps * abs(value) else repr(value)
 
 
 def _value_text(value: Any, key: str) -> str:
