@@ -343,3 +343,24 @@ def test_a_benchmark_name_is_a_cube(tmp_path, monkeypatch):
         open_cube("samson")
     with pytest.raises(MissingInputError, match="samson.hdr: cube not found"):
         open_cube(tmp_path / "samson.hdr")
+
+
+def test_quicklook_breaks_spectra_at_gaps_and_shows_the_uncertainty(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from unmix.runtime.bundle import quicklook, spectrum_with_gaps
+
+    x, y = spectrum_with_gaps(np.array([400.0, 410, 420, 1000, 1010]), np.arange(5.0))
+    np.testing.assert_array_equal(x, [400, 410, 420, np.nan, 1000, 1010])
+    np.testing.assert_array_equal(y, [0, 1, 2, np.nan, 3, 4])
+    rng = np.random.default_rng(0)
+    abundances = rng.dirichlet(np.ones(3), size=(8, 8)).astype(np.float32)
+    spectra, rmse = rng.random((3, 5)).astype(np.float32), rng.random((8, 8)).astype(np.float32)
+    widths = []
+    for uncertainty in (None, rmse):
+        path = tmp_path / f"q{len(widths)}.png"
+        assert quicklook(path, abundances, spectra, ["a", "b", "c"], np.array([400.0, 410, 420, 1000, 1010]), rmse,
+                         "t", uncertainty=uncertainty) is None
+        widths.append(matplotlib.image.imread(path).shape[1])
+    assert widths[1] == widths[0] + 260       # one more 2.6-inch panel at 100 dpi: the uncertainty map

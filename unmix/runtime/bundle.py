@@ -174,9 +174,24 @@ def endmember_stats(abundances: np.ndarray, names: list[str]) -> list[dict[str, 
 QUICKLOOK_MAX_SIDE = 512
 
 
+def spectrum_with_gaps(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` with a NaN point inside every gap (removed bad or water-vapour bands), so a line breaks there.
+
+    A gap is a step in ``x`` over 3 times the median step.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    steps = np.diff(x)
+    if steps.size < 2:
+        return x, y
+    gaps = np.flatnonzero(steps > 3 * np.median(steps)) + 1
+    return np.insert(x, gaps, np.nan), np.insert(y, gaps, np.nan)
+
+
 def quicklook(path: Path, abundances: np.ndarray, endmembers: np.ndarray, names: list[str],
-              wavelengths: np.ndarray | None, rmse: np.ndarray, title: str) -> str | None:
-    """Write a PNG (abundance maps, endmember spectra, RMSE map); returns a note when matplotlib is absent."""
+              wavelengths: np.ndarray | None, rmse: np.ndarray, title: str,
+              uncertainty: np.ndarray | None = None) -> str | None:
+    """Write a PNG (abundance maps, endmember spectra, RMSE map, uncertainty map when sampled); returns a
+    note when matplotlib is absent."""
     try:
         import matplotlib
 
@@ -185,26 +200,30 @@ def quicklook(path: Path, abundances: np.ndarray, endmembers: np.ndarray, names:
     except ImportError:
         return "quicklook skipped: install the 'plot' extra (pip install 'unmix[plot]') for matplotlib"
     p = len(names)
-    columns = p + 2
+    maps = [("reconstruction RMSE", "RMSE (cube units)", rmse)]
+    if uncertainty is not None:
+        maps.append(("abundance uncertainty", "std of the abundance", uncertainty))
+    columns = p + 1 + len(maps)
     step = max(1, -(-max(rmse.shape) // QUICKLOOK_MAX_SIDE))
-    abundances, rmse = abundances[::step, ::step], rmse[::step, ::step]
+    abundances = abundances[::step, ::step]
     figure, axes = plt.subplots(1, columns, figsize=(2.6 * columns, 2.8), constrained_layout=True)
     for k in range(p):
         image = axes[k].imshow(abundances[..., k], vmin=0, vmax=1, cmap="viridis")
         axes[k].set_title(names[k], fontsize=9)
         axes[k].axis("off")
-    figure.colorbar(image, ax=axes[p - 1], fraction=0.046)
+    figure.colorbar(image, ax=axes[p - 1], fraction=0.046).set_label("abundance fraction", fontsize=8)
     x = wavelengths if wavelengths is not None else np.arange(endmembers.shape[1])
     for k in range(p):
-        axes[p].plot(x, endmembers[k], label=names[k], linewidth=1)
+        axes[p].plot(*spectrum_with_gaps(x, endmembers[k]), label=names[k], linewidth=1)
     axes[p].set_xlabel("wavelength (nm)" if wavelengths is not None else "band")
     axes[p].set_ylabel("reflectance")
     axes[p].legend(fontsize=6)
     axes[p].set_title("endmembers", fontsize=9)
-    image = axes[p + 1].imshow(rmse, cmap="magma")
-    axes[p + 1].set_title("reconstruction RMSE", fontsize=9)
-    axes[p + 1].axis("off")
-    figure.colorbar(image, ax=axes[p + 1], fraction=0.046)
+    for column, (heading, label, values) in enumerate(maps, start=p + 1):
+        image = axes[column].imshow(values[::step, ::step], cmap="magma")
+        axes[column].set_title(heading, fontsize=9)
+        axes[column].axis("off")
+        figure.colorbar(image, ax=axes[column], fraction=0.046).set_label(label, fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -263,7 +282,8 @@ def _write_locked(out_dir: Path, stem: str, scene: Scene, result: Any, run_info:
         notes = list(result.notes)
         if plot:
             note = quicklook(staging / f"{stem}.quicklook.png", result.abundances, result.endmembers, names,
-                             scene.wavelengths, result.rmse, f"{stem}: {len(names)} endmembers")
+                             scene.wavelengths, result.rmse, f"{stem}: {len(names)} endmembers",
+                             uncertainty=result.uncertainty)
             if note:
                 notes.append(note)
         info = {"format": RUN_FORMAT, **run_info, "notes": notes,
