@@ -105,6 +105,13 @@ def test_unmix_run_writes_a_bundle_without_torch(exported, tmp_path):
     assert scored.returncode == 0, scored.stderr
     metrics = json.loads(scored.stdout)
     assert 0 <= metrics["abundance_rmse"] < 0.5 and metrics["psnr_db"] > 10
+    matched = sorted(match["endmember"] for match in metrics["matches"])
+    assert matched == ["endmember_1", "endmember_2", "endmember_3"]
+    assert [match["truth"] for match in metrics["matches"]] == (metrics["names"] or ["truth_1", "truth_2", "truth_3"])
+    printed = run_cli("eval_main", bundle, "--truth", truth, "--cube", header)
+    assert printed.returncode == 0 and "Hungarian" not in printed.stdout, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert len(lines) == 4 and all(" <- endmember_" in line and "SAD" in line for line in lines[1:])
 
 
 def _not_json(constant: str):

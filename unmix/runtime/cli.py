@@ -334,7 +334,8 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, reestim
         sys.exit(failed[0]["exit_code"])
 
 
-def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str] | None]:
+    """(A, E, the cube or None, the truth's material names or None) of an .npz (optional ``names``) or a benchmark."""
     path = Path(truth)
     if path.suffix == ".npz":
         if not path.is_file():
@@ -345,7 +346,8 @@ def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
                     if key not in data:
                         raise InputError(f"{path}: key {key!r}: expected an array "
                                          f"({'(H, W, p)' if key == 'A' else '(p, B)'})")
-                return np.asarray(data["A"]), np.asarray(data["E"]), None
+                names = [str(n) for n in data["names"]] if "names" in data else None
+                return np.asarray(data["A"]), np.asarray(data["E"]), None, names
         except InputError:
             raise
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -354,7 +356,7 @@ def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     from unmix.io.benchmarks import load_benchmark
 
     scene = load_benchmark(truth)
-    return scene.abundances, scene.endmembers, scene.read()
+    return scene.abundances, scene.endmembers, scene.read(), scene.endmember_names
 
 
 @click.command(context_settings=_CONTEXT)
@@ -368,23 +370,36 @@ def _read_truth(truth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @report_errors("unmix-eval")
 def eval_main(bundle, truth, cube, as_json):
-    """Score an unmix-run output BUNDLE against a ground truth.
+    """Score an unmix-run output BUNDLE against a ground truth, and say which truth material each
+    endmember matched.
 
-    Endmembers are matched by the Hungarian algorithm on abundance-map RMSE; SAD is the mean spectral
-    angle; abundance RMSE is over all pixels and endmembers; PSNR has peak 1.0.
+    \b
+    Conventions: endmembers are matched to the truth by the Hungarian algorithm on abundance-map RMSE;
+    SAD is the mean arccos of the cosine between matched spectra (degrees and radians); abundance RMSE
+    is over all pixels and endmembers; eRMSE over all endmembers and bands; SRE = 10 log10(||A||^2 /
+    ||A - A_est||^2) dB; reconstruction RMSE over all pixels and bands; PSNR with peak 1.0
+    (reflectance); pixels with a non-finite estimate (or cube value) are excluded and counted.
     """
     from unmix.physics.metrics import evaluate
     from unmix.runtime.bundle import read_bundle
 
     abundances, endmembers, names = read_bundle(bundle)
-    true_a, true_e, data = _read_truth(truth)
+    true_a, true_e, data, truth_names = _read_truth(truth)
     if cube is not None:
         from unmix.io.envi import read_cube
 
         data = read_cube(cube).read()
     if true_a.shape[:2] != abundances.shape[:2] or true_a.shape[-1] != abundances.shape[-1]:
         raise InputError(f"{bundle}: abundances have shape {abundances.shape}, the truth {true_a.shape}")
-    metrics = evaluate(abundances, endmembers, true_a, true_e, cube=data, names=names)
+    if truth_names is not None and len(truth_names) != true_a.shape[-1]:
+        truth_names = None
+    metrics = evaluate(abundances, endmembers, true_a, true_e, cube=data, names=truth_names)
+    truth_names = truth_names or [f"truth_{k + 1}" for k in range(true_a.shape[-1])]
+    metrics["matches"] = [
+        {"truth": truth_names[k], "endmember": names[j],
+         "sad_degrees": None if metrics["sad_degrees"] is None else metrics["sad_degrees"][k],
+         "abundance_rmse": metrics["abundance_rmse_per_endmember"][k]}
+        for k, j in enumerate(metrics["permutation"])]
     if as_json:
         json.dump(metrics, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -394,7 +409,10 @@ def eval_main(bundle, truth, cube, as_json):
     if metrics.get("reconstruction_rmse") is not None:
         print(f"  recon RMSE {metrics['reconstruction_rmse']:.5f}  PSNR {metrics['psnr_db']:.2f} dB", end="")
     print()
-    print(metrics["conventions"])
+    width = max(len(match["truth"]) for match in metrics["matches"])
+    for match in metrics["matches"]:
+        sad_text = "" if match["sad_degrees"] is None else f"  SAD {match['sad_degrees']:6.2f} deg"
+        print(f"  {match['truth']:<{width}} <- {match['endmember']}{sad_text}  aRMSE {match['abundance_rmse']:.4f}")
 
 
 if __name__ == "__main__":
