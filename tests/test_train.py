@@ -66,7 +66,7 @@ def test_presets_resolve_and_toml_overrides(tmp_path):
     ("[cnn]\nsteps = 'many'\n", "expected int"),
     ("[schedule]\nkind = 'quadratic'\n", "kind must be"),
     ("[inference]\ndc_weight = 2000\n", r"\[inference\] dc_weight must be >= 0.0 and <= 1000.0"),
-    ("[inference]\nsamples = 0\n", r"\[inference\] samples must be >= 1"),
+    ("[inference]\nsamples = 0\n", r"\[inference\] samples must be an integer >= 1"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     toml = tmp_path / "bad.toml"

@@ -143,9 +143,9 @@ def _check_output_folder(out: Path) -> None:
         folder = folder.parent
     if not folder.is_dir():
         where = "" if folder == out else f" (in --out {out})"
-        raise OutputError(f"{folder}: is a file, not a folder{where}; --out needs a folder for the output bundles")
+        raise OutputError(f"{folder}: is a file, not a folder{where}; cannot write the output bundles there")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{folder}: not writable; --out needs a folder where the output bundles can be written")
+        raise OutputError(f"{folder}: not writable; cannot write the output bundles there")
 
 
 def _import_ray():
