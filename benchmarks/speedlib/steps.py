@@ -75,7 +75,8 @@ class SpeedRun:
         self.default = Model(*trained(self.work, BANDS, "default", plan.threads, log))
         self.flops = {net: count_flops(self.timed.directory / f"{net}.onnx") for net in NETWORKS}
         self.default_flops = {net: count_flops(self.default.directory / f"{net}.onnx") for net in NETWORKS}
-        self.differs = sorted(n for n in NETWORKS if self.default_flops[n]["total_flops"] != self.flops[n]["total_flops"])
+        self.differs = sorted(n for n in NETWORKS
+                              if self.default_flops[n]["total_flops"] != self.flops[n]["total_flops"])
         return {"model": {**self.timed.facts, "timed": True, "flops_per_call": self.flops},
                 "default_preset_model": {**self.default.facts, "flops_per_call": self.default_flops,
                                          "differs_from_timed": self.differs}}
@@ -116,7 +117,8 @@ class SpeedRun:
             entry["vs_torch"] = entry["px_per_s"] / torch_rate
             entry["refinement_achieved"] = achieved(self.flops, entry["timings"], REFINEMENT)
             entry["refinement_peak_fraction"] = (entry["refinement_achieved"]["flops_per_s"] or 0) / self.peak_rate
-            entry["hybridstu_achieved_flops_per_s"] = achieved(self.flops, entry["timings"], ["hybridstu"])["flops_per_s"]
+            entry["hybridstu_achieved_flops_per_s"] = achieved(self.flops, entry["timings"],
+                                                               ["hybridstu"])["flops_per_s"]
             entry["network_share_of_total"] = round(sum(entry["timings"].get(f"{n}_s", 0.0) for n in NETWORKS)
                                                     / entry["timings"]["total_s"], 3)
         found = {
@@ -149,7 +151,8 @@ class SpeedRun:
                 if net != "spectra_step":
                     entry["tile_px_per_s"] = TILE * TILE / seconds
             network_rows[name] = timed
-            self.log(f"networks alone on {name}: " + ", ".join(f"{n} {e['ms_per_call']:.1f} ms" for n, e in timed.items()))
+            self.log(f"networks alone on {name}: "
+                     + ", ".join(f"{n} {e['ms_per_call']:.1f} ms" for n, e in timed.items()))
         default_rows = {}
         if self.differs:
             timed = self._networks_alone(self.best, self.default)
@@ -207,7 +210,8 @@ class SpeedRun:
                     continue
                 load = os.getloadavg()[0]
                 if name == "cpp":
-                    entry = time_cpp(self.cpp_tool, model.directory, header, self.settings, threads, self.work, repeat=1)
+                    entry = time_cpp(self.cpp_tool, model.directory, header, self.settings, threads, self.work,
+                                     repeat=1)
                 else:
                     entry = run_child("pipeline", name, model.checkpoint, model.directory, side, threads, 1, "-",
                                       header, threads=threads)
