@@ -81,6 +81,7 @@ class _Freed:
         except Exception:
             pass
 
+
 class DeviceBuffer(_Freed):
     """``nbytes`` of device memory (``ptr``), freed with the object."""
 
