@@ -20,6 +20,7 @@ from unmix.diffusion.schedule import Schedule  # noqa: E402
 from unmix.errors import OutputError  # noqa: E402
 from unmix.export import (FP16_TOLERANCE, FP32_TOLERANCE, ExportCheckError, export, export_contracts,  # noqa: E402
                           precision_report)
+from unmix.export.contracts import SampleSource, network_contracts  # noqa: E402
 from unmix.runtime.backends import load_networks  # noqa: E402
 from unmix.runtime.manifest import load_manifest  # noqa: E402
 from unmix.runtime.network import check_feeds, check_network, pipeline_specs  # noqa: E402
@@ -81,6 +82,26 @@ def _copy(exported, tmp_path) -> Path:
     target = tmp_path / "model"
     shutil.copytree(exported[0], target)
     return target
+
+
+def test_each_network_contract_owns_its_sample_inputs(checkpoint):
+    """export_contracts pairs each module with its contract; the sample inputs are the contract's own."""
+    models, config = load_checkpoint(checkpoint)
+    contracts = export_contracts(models, config, tile=TILE, seed=3)
+    networks = network_contracts(BANDS, P, TILE)
+    source = SampleSource.from_config(config, BANDS, P, seed=3)
+    specs = pipeline_specs(BANDS, P, TILE)
+    assert list(contracts) == list(networks) == list(NETWORKS)
+    for name in NETWORKS:
+        contract = contracts[name]
+        assert contract.network == networks[name] and contract.spec == specs[name]
+        assert networks[name].input_shapes() == {k: list(v.shape) for k, v in specs[name].inputs.items()}
+        check_feeds(name, specs[name].inputs, contract.sample_inputs, "input")
+        want = networks[name].sample_inputs(source, seed=3)
+        assert list(contract.sample_inputs) == list(want)
+        for key, value in want.items():
+            np.testing.assert_array_equal(contract.sample_inputs[key], value)
+    np.testing.assert_allclose(source.endmembers, np.float64(config["endmembers"]["estimated"]))
 
 
 def test_manifest_describes_the_export(exported, checkpoint):

@@ -1,4 +1,4 @@
-"""The FLOP counter and the pipeline FLOP arithmetic of benchmarks/speed.py, on tiny graphs counted by hand."""
+"""The FLOP counter and the pipeline FLOP arithmetic of benchmarks/speedlib/flops.py, on tiny graphs counted by hand."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,12 +10,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speedlib" / "flops.py"
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("unmix_speed_benchmark", SPEED)
+    spec = importlib.util.spec_from_file_location("unmix_speed_flops", SPEED)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -2,12 +2,13 @@
 
 What is exported (one graph per network the pipeline calls; :func:`export_contracts`):
 
-- ``hybridstu``: ``cube (N, B, T, T)`` -> ``abundances (N, p, T, T)``.
+- ``hybridstu``: ``cube (1, B, T, T)`` -> ``abundances (1, p, T, T)``.
 - ``abundance_step``: the fused 2D DDIM step (:class:`unmix.export.steps.AbundanceStep`) -> ``x_prev``.
 - ``spectra_step``: the fused 1D DDIM step (:class:`unmix.export.steps.SpectraStep`) -> ``x_prev``.
 
-Shapes are static: N = ``batch``, T = ``tile``, B and p from the checkpoint (the exact contract of
-:func:`unmix.runtime.network.pipeline_specs`, with N in place of 1). Inputs and outputs are float32.
+Shapes are static: T = ``tile``, B and p from the checkpoint. Each network's names, shapes, dtypes
+(float32) and sample inputs are its contract (:mod:`unmix.export.contracts`), which the TensorRT
+builder uses too.
 
 Stages, each cached by content: the **fp32** graph (``<name>.onnx``): ``torch.onnx.export`` (dynamo,
 opset 20, one file), onnxslim when importable, ``onnx.checker`` (full check), the I/O checked against
@@ -23,7 +24,7 @@ polygraphy's ``Comparator`` (two ONNX Runtime CPU runners, fp32 then fp16, ``ato
 by casting them to float32, so these checks cover the graph's structure and its fp32-pinned ops, not
 fp16 arithmetic (recorded with the figures).
 
-Cache: a stage's key is the sha256 of (export format, network, precision, tile, batch, opset, the
+Cache: a stage's key is the sha256 of (export format, network, precision, tile, opset, the
 sha256 and constructor arguments of the checkpoint weights it uses, torch/onnxscript/onnx/onnxslim
 versions). When ``out_dir/manifest.json`` already lists a file with that key whose bytes still have
 the recorded sha256, the stage is skipped (its recorded checks kept). The key is stored in the
@@ -53,9 +54,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from unmix.errors import OutputError, UnmixError, UsageError, first_line, require_int
+from unmix.errors import OutputError, UnmixError, UsageError, first_line
+from unmix.export.contracts import NetworkContract, SampleSource, network_contracts
+from unmix.io.files import replacing
 from unmix.runtime.manifest import MANIFEST_NAME, file_sha256
-from unmix.runtime.network import NETWORK_NAMES, NetworkSpec, TensorSpec, pipeline_specs
+from unmix.runtime.network import NETWORK_NAMES, NetworkSpec, TensorSpec
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -76,22 +79,8 @@ FP16_TOLERANCE = 2e-2
 FP16_NOTE = ("fp16 compared with the fp32 graph on the same backend; ONNX Runtime's CPU provider runs most fp16 "
              "ops on x86 by casting to float32, so on CPU this checks the graph's structure and fp32-pinned ops, "
              "not fp16 arithmetic")
-# checkpoint network each exported graph is built from
-_WEIGHTS = {"hybridstu": ("hybridstu",), "abundance_step": ("abundance",), "spectra_step": ("spectra",)}
-# inputs/outputs whose leading axis is the batch of tiles
-_BATCHED = {"hybridstu": ("cube", "abundances"),
-            "abundance_step": ("x_t", "t", "noise", "cube", "x_prev")}
 _STAGE_KEYS = ("file", "sha256", "precision", "cache_key", "slimmed", "nodes", "export_s", "checks")
 _PINNED_OPS = ("InstanceNormalization", "Softmax", "Sin", "Cos", "Gemm", "TopK", "CumSum", "Conv")
-
-
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _file_mode()
 
 
 class ExportCheckError(UnmixError):
@@ -102,26 +91,37 @@ class ExportCheckError(UnmixError):
 
 @dataclass(frozen=True)
 class ExportContract:
-    """What one network promises to its runtime: names, static shapes, dtypes, and sample inputs.
+    """A network's :class:`~unmix.export.contracts.NetworkContract` with the eager module it is exported from.
 
     Attributes:
-        name: the network's name in the manifest.
+        network: the contract (name, tensors, the checkpoint networks whose weights the module holds).
         module: the eager torch module (eval mode); ``module(*inputs in order)`` -> the output tensor.
-        inputs, outputs: name -> :class:`TensorSpec`, inputs in call order (the graph's input order).
         sample_inputs: name -> float32 array of realistic values (used to trace and to check parity).
-        weights: the checkpoint networks whose weights the module holds (for the cache key).
     """
 
-    name: str
+    network: NetworkContract
     module: nn.Module
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
     sample_inputs: dict[str, np.ndarray]
-    weights: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    @property
+    def inputs(self) -> dict[str, TensorSpec]:
+        return self.network.inputs
+
+    @property
+    def outputs(self) -> dict[str, TensorSpec]:
+        return self.network.outputs
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return self.network.weights
 
     @property
     def spec(self) -> NetworkSpec:
-        return NetworkSpec(inputs=dict(self.inputs), outputs=dict(self.outputs))
+        return self.network.spec
 
     def sample_tensors(self) -> tuple[torch.Tensor, ...]:
         """The sample inputs as tensors, in call order."""
@@ -135,92 +135,24 @@ class ExportContract:
         return {name: tensor.detach().float().cpu().numpy().copy() for name, tensor in zip(self.outputs, results)}
 
 
-# --------------------------------------------------------------------------------------------------
-# Contracts and their sample inputs
-# --------------------------------------------------------------------------------------------------
-
-def _batched(spec: NetworkSpec, name: str, batch: int) -> NetworkSpec:
-    names = _BATCHED.get(name, ())
-
-    def resize(items: Mapping[str, TensorSpec]) -> dict[str, TensorSpec]:
-        return {key: TensorSpec((batch,) + item.shape[1:], item.dtype) if key in names else item
-                for key, item in items.items()}
-
-    return NetworkSpec(inputs=resize(spec.inputs), outputs=resize(spec.outputs))
-
-
-def _sample_inputs(config: Mapping[str, Any], bands: int, p: int, tile: int, batch: int,
-                   seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """Realistic values: reflectance mixed from the checkpoint's endmembers, abundances on the
-    simplex noised to the first DDIM step (eta = 1, so the noise input matters), the statistics of
-    those abundances, and a real row of the DDIM table."""
-    from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
-
-    rng = np.random.default_rng(seed)
-    estimated = (config.get("endmembers") or {}).get("estimated")
-    endmembers = np.asarray(estimated, dtype=np.float64) if estimated is not None else None
-    if endmembers is None or endmembers.shape != (p, bands) or not np.isfinite(endmembers).all():
-        endmembers = 0.05 + 0.9 * rng.random((p, bands))
-    endmembers = np.clip(endmembers, 1e-3, None)
-    try:
-        schedule = Schedule.from_config(dict(config.get("schedule") or {}))
-    except UsageError:
-        schedule = Schedule()
-    recorded = ((config.get("train") or {}).get("inference") or {}) if isinstance(config.get("train"), dict) else {}
-    t0 = int(recorded.get("t0", schedule.T * 3 // 10))
-    t0 = min(max(t0, 1), schedule.T - 1)
-    steps = min(int(recorded.get("steps", 10)), t0 + 1)
-    timesteps = ddim_timesteps(schedule.T, steps, t0)
-    coef = ddim_coefficients(schedule, timesteps, eta=1.0).as_table()[0]      # the first step, t = t0
-    timestep = float(timesteps[0])
-    c2, c3 = float(coef[Coef.SQRT_ALPHA_BAR_T]), float(coef[Coef.SQRT_ONE_MINUS_ALPHA_BAR_T])
-
-    abundances = rng.dirichlet(np.ones(p), size=(batch, tile, tile)).transpose(0, 3, 1, 2)     # (N, p, T, T)
-    cube = np.einsum("nphw,pb->nbhw", abundances, endmembers) + rng.normal(0, 0.005, (batch, bands, tile, tile))
-    x_t = c2 * (2 * abundances - 1) + c3 * rng.standard_normal(abundances.shape)
-    pixels = abundances.transpose(0, 2, 3, 1).reshape(-1, p)
-    observed = cube.transpose(0, 2, 3, 1).reshape(-1, bands)
-    scale = endmembers.max(axis=1)
-    spectra_x0 = (2 * endmembers / scale[:, None] - 1)[:, None, :]
-    f32 = np.float32
-    return {
-        "hybridstu": {"cube": cube.astype(f32)},
-        "abundance_step": {
-            "x_t": x_t.astype(f32), "t": np.full(batch, timestep, f32), "coef": coef.astype(f32),
-            "noise": rng.standard_normal(abundances.shape).astype(f32), "cube": cube.astype(f32),
-            "endmembers": endmembers.astype(f32), "dc_weight": np.ones(1, f32)},
-        "spectra_step": {
-            "x_t": (c2 * spectra_x0 + c3 * rng.standard_normal(spectra_x0.shape)).astype(f32),
-            "t": np.full(p, timestep, f32), "coef": coef.astype(f32),
-            "noise": rng.standard_normal(spectra_x0.shape).astype(f32),
-            "AtA": (pixels.T @ pixels / len(pixels)).astype(f32),
-            "AtY": (pixels.T @ observed / len(pixels)).astype(f32),
-            "scale": scale.astype(f32), "dc_weight": np.ones(1, f32)},
-    }
-
-
-def export_contracts(models: Mapping[str, nn.Module], config: Mapping[str, Any], tile: int = 64, batch: int = 1,
+def export_contracts(models: Mapping[str, nn.Module], config: Mapping[str, Any], tile: int = 64,
                      seed: int = 0) -> dict[str, ExportContract]:
     """The export contract of each pipeline network, built from a checkpoint's ``(models, config)``.
 
     ``models`` as :func:`unmix.train.checkpoint.load_checkpoint` returns them (``hybridstu``,
     ``abundance``, ``spectra``); the fused steps come from :func:`unmix.export.steps.fused_modules`.
+    Each network's sample inputs come from its contract, drawn from the checkpoint's endmembers and
+    inference settings (:meth:`SampleSource.from_config`).
     """
     from unmix.export.steps import fused_modules
 
-    tile, batch = require_int(tile, "tile", 1), require_int(batch, "batch", 1)
     modules = fused_modules(models)
-    hybridstu = modules["hybridstu"]
-    bands, p = int(hybridstu.bands), int(hybridstu.endmembers)
-    specs = pipeline_specs(bands, p, tile)
-    samples = _sample_inputs(config, bands, p, tile, batch, seed)
-    contracts = {}
-    for name in NETWORK_NAMES:
-        spec = _batched(specs[name], name, batch)
-        contracts[name] = ExportContract(name=name, module=modules[name].eval(), inputs=dict(spec.inputs),
-                                         outputs=dict(spec.outputs), sample_inputs=samples[name],
-                                         weights=_WEIGHTS[name])
-    return contracts
+    bands, p = int(modules["hybridstu"].bands), int(modules["hybridstu"].endmembers)
+    networks = network_contracts(bands, p, tile)
+    source = SampleSource.from_config(config, bands, p, seed)
+    return {name: ExportContract(network=network, module=modules[name].eval(),
+                                 sample_inputs=network.sample_inputs(source, seed))
+            for name, network in networks.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,27 +259,21 @@ def _write_graph(module: nn.Module, contract: ExportContract, target: Path, labe
     ``label`` is the path messages name (where the file will live once the export is complete)."""
     import onnx
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(module, contract.sample_tensors(), str(tmp), input_names=list(contract.inputs),
-                              output_names=list(contract.outputs), opset_version=OPSET, dynamo=True,
-                              external_data=False, verbose=False)
-        model = onnx.load(str(tmp))
-        before = len(model.graph.node)
-        model, slimmed = _slim(model)
-        onnx.checker.check_model(model, full_check=True)
-        _check_contract(model, contract, str(label))
-        onnx.save(model, str(tmp))
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, target)
+        with replacing(target) as tmp:
+            with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+                torch.onnx.export(module, contract.sample_tensors(), str(tmp), input_names=list(contract.inputs),
+                                  output_names=list(contract.outputs), opset_version=OPSET, dynamo=True,
+                                  external_data=False, verbose=False)
+            model = onnx.load(str(tmp))
+            before = len(model.graph.node)
+            model, slimmed = _slim(model)
+            onnx.checker.check_model(model, full_check=True)
+            _check_contract(model, contract, str(label))
+            onnx.save(model, str(tmp))
     except UnmixError:
-        tmp.unlink(missing_ok=True)
         raise
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         raise ExportCheckError(f"{label}: the {contract.name} network did not export to ONNX "
                                f"({first_line(exc)})") from exc
     return {"slimmed": slimmed, "nodes": {"exported": before, "final": len(model.graph.node)}}
@@ -480,12 +406,11 @@ def _versions_for_key() -> dict[str, str | None]:
     return versions
 
 
-def cache_key(contract: ExportContract, precision: str, tile: int, batch: int,
-              weights: Mapping[str, Mapping[str, Any]]) -> str:
+def cache_key(contract: ExportContract, precision: str, weights: Mapping[str, Mapping[str, Any]]) -> str:
     """sha256 of everything a stage's graph depends on (see the module docstring)."""
     document = {
-        "format": EXPORT_FORMAT, "network": contract.name, "precision": precision, "tile": tile, "batch": batch,
-        "opset": OPSET, "inputs": {k: v.to_dict() for k, v in contract.inputs.items()},
+        "format": EXPORT_FORMAT, "network": contract.name, "precision": precision,
+        "tile": contract.network.tile, "opset": OPSET, "inputs": {k: v.to_dict() for k, v in contract.inputs.items()},
         "outputs": {k: v.to_dict() for k, v in contract.outputs.items()},
         "weights": {name: {"sha256": weights[name].get("sha256"), "class": weights[name].get("class"),
                            "args": weights[name].get("args")} for name in contract.weights},
@@ -539,7 +464,7 @@ def _io_list(specs: Mapping[str, TensorSpec]) -> list[dict[str, Any]]:
 
 
 def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: bool = False, tile: int = 64,
-           batch: int = 1, check: bool = True, progress: Callable[[str], None] | None = None, *,
+           check: bool = True, progress: Callable[[str], None] | None = None, *,
            fp32_tolerance: float = FP32_TOLERANCE, fp16_tolerance: float = FP16_TOLERANCE) -> dict[str, Any]:
     """Export a checkpoint's three networks to ONNX in ``out_dir`` and write ``manifest.json``.
 
@@ -550,7 +475,6 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
         fp16: also export the mixed-precision graphs; the manifest then names them, each with its
             fp32 graph as ``reference``.
         tile: T, the square tile the graphs take (static).
-        batch: N, tiles per call of ``hybridstu`` and ``abundance_step`` (static).
         check: run the parity checks (fp32 against torch, fp16 against fp32) and record the figures.
         progress: called with one line per stage.
         fp32_tolerance, fp16_tolerance: max abs differences allowed by the checks.
@@ -576,12 +500,12 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
     started = time.perf_counter()
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     models, config = load_checkpoint(checkpoint_dir)
-    contracts = export_contracts(models, config, tile=tile, batch=batch)
+    contracts = export_contracts(models, config, tile=tile)
     bands = contracts["hybridstu"].inputs["cube"].shape[1]
     p = contracts["hybridstu"].outputs["abundances"].shape[1]
 
     def manifest_document(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        settings = {"format": EXPORT_FORMAT, "tile": tile, "batch": batch, "opset": OPSET,
+        settings = {"format": EXPORT_FORMAT, "tile": tile, "opset": OPSET,
                     "precision": "fp16" if fp16 else "fp32", "exporter": "torch.onnx.export(dynamo=True)",
                     "checked": bool(check), "seconds": round(time.perf_counter() - started, 3)}
         return build_manifest(config, entries, tile=tile, bands=bands, endmembers=p, export=settings,
@@ -599,7 +523,7 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
 
     def stage(contract: ExportContract, precision: str, reference: dict[str, Any] | None) -> dict[str, Any]:
         file = f"{contract.name}.onnx" if precision == "fp32" else f"{contract.name}.{precision}.onnx"
-        key = cache_key(contract, precision, tile, batch, weights)
+        key = cache_key(contract, precision, weights)
         record = cached.get(key)
         if record is not None and record.get("file") == file:
             record = {k: record[k] for k in _STAGE_KEYS if k in record}

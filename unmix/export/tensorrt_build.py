@@ -5,13 +5,15 @@ machine that will run them: engines are tied to the TensorRT version and the GPU
 cache (default ``<model>/engines/``) is keyed by both (:mod:`unmix.runtime.engine_cache`) and a plan
 that does not match, or that TensorRT cannot deserialize, is rebuilt from the graph. Builds are
 strongly typed (fp16 is in the ``.fp16.onnx`` graph; the one path that works on TensorRT 10 and 11),
-with a persistent timing cache (``engines/timing.cache``) and static shapes from the manifest
-(:func:`build_serialized_engine`, which the TensorRT backend also calls when its cache misses).
+with a persistent timing cache (``engines/timing.cache``) and the static input shapes of each
+network's contract (:mod:`unmix.export.contracts`, sized by the manifest), the contract the ONNX export
+was traced and checked against (:func:`build_serialized_engine`, which the TensorRT backend also calls
+when its cache misses).
 
-:func:`check_engines` runs every engine and ONNX Runtime (CPU) on the same realistic inputs
-(:func:`sample_feeds`) and compares them: with polygraphy's ``Comparator`` when polygraphy is
-installed (:func:`polygraphy_compare`), else with numpy (:func:`compare_outputs`); both record
-max/mean absolute differences.
+:func:`check_engines` runs every engine and ONNX Runtime (CPU) on the same realistic inputs, the
+contract's sample inputs (:func:`sample_feeds`), and compares them: with polygraphy's ``Comparator``
+when polygraphy is installed (:func:`polygraphy_compare`), else with numpy (:func:`compare_outputs`);
+both record max/mean absolute differences.
 
 :func:`engines_step` is what ``unmix-export`` calls after writing the ONNX graphs: it builds when
 TensorRT, cuda-python and a GPU are present, says why it skipped otherwise, and refuses in one line
@@ -26,7 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from unmix.errors import InputError, UsageError, require_int
+from unmix.errors import InputError, require_int
+from unmix.export.contracts import NetworkContract, SampleSource, manifest_contracts
 
 __all__ = [
     "DEFAULT_WORKSPACE_MB",
@@ -96,7 +99,7 @@ def build_serialized_engine(onnx_path: str | os.PathLike, input_shapes: Mapping[
         want = [int(s) for s in input_shapes.get(tensor.name, ())]
         have = list(tensor.shape)
         if len(want) != len(have) or any(h not in (-1, w) for h, w in zip(have, want)):
-            raise InputError(f"{onnx_path}: graph input {tensor.name!r} has shape {have}, the manifest declares {want}")
+            raise InputError(f"{onnx_path}: graph input {tensor.name!r} has shape {have}, expected {want}")
         if -1 in have:
             profile = profile or builder.create_optimization_profile()
             profile.set_shape(tensor.name, want, want, want)
@@ -121,7 +124,13 @@ def build_serialized_engine(onnx_path: str | os.PathLike, input_shapes: Mapping[
     return bytes(plan), flags_used
 
 
-def _networks(manifest, names: Sequence[str] | None, precision: str | None) -> list[tuple[str, Any, Path]]:
+def _contract(manifest, name: str) -> NetworkContract:
+    manifest.network(name)                                  # names the manifest when it lacks the network
+    return manifest_contracts(manifest)[name]
+
+
+def _networks(manifest, names: Sequence[str] | None,
+              precision: str | None) -> list[tuple[str, Any, Path, NetworkContract]]:
     chosen = list(manifest.networks) if names is None else list(names)
     found = []
     for name in chosen:
@@ -129,7 +138,7 @@ def _networks(manifest, names: Sequence[str] | None, precision: str | None) -> l
         if precision not in (None, entry.precision):
             entry = entry.reference if entry.reference is not None else entry
         path = manifest.network_file(name, precision)      # checks the sha256
-        found.append((name, entry, path))
+        found.append((name, entry, path, _contract(manifest, name)))
     return found
 
 
@@ -169,8 +178,8 @@ def build_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     capability = cuda.compute_capability(device)
     deserialize = deserializer(trt)
     results: dict[str, dict[str, Any]] = {}
-    for name, entry, path in _networks(manifest, names, precision):
-        shapes = {key: list(spec.shape) for key, spec in entry.inputs.items()}
+    for name, entry, path, contract in _networks(manifest, names, precision):
+        shapes = contract.input_shapes()
         identity = EngineIdentity(name, file_sha256(path), entry.precision, shapes, trt.__version__, capability)
         started = time.perf_counter()
         loaded = load_or_build(cache, identity, deserialize, build=lambda path=path, shapes=shapes:
@@ -188,54 +197,10 @@ def build_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
 # --------------------------------------------------------------------------------------------------
 
 def sample_feeds(manifest, name: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Realistic inputs for network ``name`` from the manifest alone (numpy).
-
-    Abundances on the simplex mixed with the manifest's endmembers into a cube, noised to the first
-    DDIM step of the manifest's inference settings; ``coef`` is that step's row of the DDIM table.
-    Inputs the recipe does not know get standard normal values.
-    """
-    from unmix.diffusion.schedule import Coef, Schedule, ddim_coefficients, ddim_timesteps
-
-    entry = manifest.network(name)
-    rng = np.random.default_rng(seed)
-    schedule = Schedule.from_config(dict(manifest.schedule))
-    t0 = min(max(int(manifest.inference.get("t0", schedule.T * 3 // 10)), 1), schedule.T - 1)
-    steps = min(int(manifest.inference.get("steps", 10)), t0 + 1)
-    timesteps = ddim_timesteps(schedule.T, steps, t0)
-    coef = ddim_coefficients(schedule, timesteps, eta=1.0).as_table()[0]
-    c2, c3 = float(coef[Coef.SQRT_ALPHA_BAR_T]), float(coef[Coef.SQRT_ONE_MINUS_ALPHA_BAR_T])
-    endmembers = np.clip(np.asarray(manifest.endmembers, np.float64), 1e-3, None)
-    p, bands = endmembers.shape
-    feeds: dict[str, np.ndarray] = {}
-    for key, spec in entry.inputs.items():
-        shape = spec.shape
-        if key == "cube":
-            n, _, h, w = shape
-            abundances = rng.dirichlet(np.ones(p), size=(n, h, w)).transpose(0, 3, 1, 2)
-            value = np.einsum("nphw,pb->nbhw", abundances, endmembers) + rng.normal(0, 0.005, shape)
-        elif key == "x_t":
-            value = c2 * (2 * rng.dirichlet(np.ones(p), size=int(np.prod(shape)) // p).reshape(shape) - 1) \
-                + c3 * rng.standard_normal(shape)
-        elif key == "t":
-            value = np.full(shape, float(timesteps[0]))
-        elif key == "coef":
-            value = coef.reshape(shape)
-        elif key == "endmembers":
-            value = endmembers
-        elif key == "dc_weight":
-            value = np.ones(shape)
-        elif key == "scale":
-            value = endmembers.max(axis=1)
-        elif key == "AtA":
-            pixels = rng.dirichlet(np.ones(p), size=256)
-            value = pixels.T @ pixels / len(pixels)
-        elif key == "AtY":
-            pixels = rng.dirichlet(np.ones(p), size=256)
-            value = pixels.T @ (pixels @ endmembers) / len(pixels)
-        else:
-            value = rng.standard_normal(shape)
-        feeds[key] = np.asarray(value).reshape(shape).astype(spec.dtype)
-    return feeds
+    """Realistic inputs for network ``name`` from the manifest alone (numpy): the sample inputs of its
+    contract (:mod:`unmix.export.contracts`), drawn from the manifest's endmembers and inference settings."""
+    contract = _contract(manifest, name)
+    return contract.sample_inputs(SampleSource.from_manifest(manifest), seed)
 
 
 def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
@@ -310,8 +275,9 @@ def check_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
     polygraphy = _has_polygraphy() if use_polygraphy is None else bool(use_polygraphy)
     say = progress or (lambda message: None)
     report: dict[str, dict[str, Any]] = {}
-    for name, entry, path in _networks(manifest, names, precision):
-        feeds = sample_feeds(manifest, name, seed)
+    source = SampleSource.from_manifest(manifest)
+    for name, entry, path, contract in _networks(manifest, names, precision):
+        feeds = contract.sample_inputs(source, seed)
         atol = float(limits[entry.precision])
         if polygraphy:
             from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -322,7 +288,7 @@ def check_engines(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
                                           TrtRunner(EngineFromBytes(plan), name="tensorrt")], feeds, atol)
         else:
             reference = load_network(path, entry, backend="onnxruntime", name=name)(feeds)
-            engine = tensorrt_backend.open_network(path, entry.inputs, entry.outputs, device=f"cuda:{device}",
+            engine = tensorrt_backend.open_network(path, contract.inputs, contract.outputs, device=f"cuda:{device}",
                                                    name=name, cache_dir=cache, workspace_mb=workspace_mb)(feeds)
             figures = compare_outputs(reference, engine, atol)
             figures["compared_with"] = "numpy"

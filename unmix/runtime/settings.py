@@ -11,7 +11,7 @@ and its range (:data:`SETTINGS` lists them). The same table serves
 - the C++ core: ``cpp_bindings/core/settings.inc`` is written by :func:`cpp_table` (``python -m
   unmix.runtime.settings``) and a test checks that it is current; the C++ ``PipelineConfig`` fields, its
   ``validate()`` and the C ABI's option table are expanded from it,
-- ``benchmarks/speed.py`` (:func:`c_abi_settings`: the settings ``unmix_set_option`` takes).
+- ``benchmarks/speedlib/cpp.py`` (:func:`c_abi_settings`: the settings ``unmix_set_option`` takes).
 
 Kinds: ``int`` (an integer in ``[minimum, maximum]``), ``float`` (a finite number in ``[minimum,
 maximum]``), ``bool``, ``choice`` (one of ``choices``; in the C ABI 1 is the first choice, 0 the second)

@@ -68,7 +68,21 @@ def compute_capability(device: int = 0) -> str:
     return f"{props.major}.{props.minor}"
 
 
-class DeviceBuffer:
+
+class _Freed:
+    """Frees its CUDA memory (``free()``) when collected, quietly at interpreter exit."""
+
+    def free(self) -> None:
+        raise NotImplementedError
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:
+            pass
+
+
+class DeviceBuffer(_Freed):
     """``nbytes`` of device memory (``ptr``), freed with the object."""
 
     def __init__(self, cudart, nbytes: int):
@@ -81,14 +95,8 @@ class DeviceBuffer:
             self.cudart.cudaFree(self.ptr)
             self.ptr = 0
 
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
 
-
-class PinnedArray:
+class PinnedArray(_Freed):
     """A numpy array (``array``) over page-locked host memory at ``ptr``, freed with the object."""
 
     def __init__(self, cudart, shape: tuple[int, ...], dtype: np.dtype):
@@ -106,12 +114,6 @@ class PinnedArray:
             self.array = None
             self.cudart.cudaFreeHost(self.ptr)
             self.ptr = 0
-
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
 
 
 def stream_handle(stream) -> int:
