@@ -297,3 +297,16 @@ def test_restart_discards_saved_progress(tmp_path):
     assert (folder / "cnn.json").is_file()
     assert TrainState(folder, resume=False, restart=True).progress() == ""
     assert not folder.exists()
+
+
+def test_progress_in_a_log_is_whole_lines(capfd):
+    from unmix.train.trainer import _progress
+
+    with _progress(20, "cnn", True) as bar:      # stderr is not a terminal under pytest
+        bar.update(3)
+        for step in range(17):
+            bar.set_postfix(loss=f"{step:.1f}")
+            bar.update(1)
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[0] == "cnn: 3/20 steps" and lines[-1] == "cnn: 20/20 steps, loss=16.0" and len(lines) == 10
+    assert "\r" not in "".join(lines)
