@@ -310,3 +310,22 @@ def test_progress_in_a_log_is_whole_lines(capfd):
     lines = capfd.readouterr().err.splitlines()
     assert lines[0] == "cnn: 3/20 steps" and lines[-1] == "cnn: 20/20 steps, loss=16.0" and len(lines) == 10
     assert "\r" not in "".join(lines)
+
+
+def test_library_hints_name_the_closest_spectrum():
+    from unmix.train.trainer import library_hints
+
+    library = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    hints = library_hints(np.array([[0.0, 2.0, 2.0], [1.0, 0.1, 0.0]]), library, ["water", "grass", "soil"])
+    assert [h["name"] for h in hints] == ["grass", "water"]
+    assert hints[0]["angle_degrees"] == 0.0 and hints[1]["angle_degrees"] == round(float(np.degrees(np.arctan(0.1))), 2)
+
+
+def test_training_logs_library_hints(tmp_path):
+    scene = small_scene()
+    messages = []
+    result = fit(scene, 3, config=micro_config(library="earthlib"), out=tmp_path / "run", progress=False,
+                 log=messages.append)
+    hints = result.summary["library"]["hints"]
+    assert len(hints) == 3 and all(0 <= h["angle_degrees"] <= 90 for h in hints)
+    assert sum("closest earthlib spectrum" in m and "a hint" in m for m in messages) == 3

@@ -325,14 +325,17 @@ def fit(
 
     # 3. The 1D spectra prior.
     library_note = "not trained in this run"
+    library_hints_found: list[dict[str, Any]] = []
     if "spectra" in run_stages:
         t = time.perf_counter()
-        spectra_set, library_note = _spectra_training_set(prepared, endmembers_est, abundances, cfg, say)
+        spectra_set, library_note, library_hints_found = _spectra_training_set(prepared, endmembers_est, abundances,
+                                                                                cfg, say, names)
         losses["spectra"] = _train_diffusion(models["spectra"], "spectra", spectra_set, cfg.spectra, cfg,
                                              alphas_cumprod, state, ddp, show, _spectra_batch)
         timings["spectra_s"] = time.perf_counter() - t
     elif previous is not None:
         library_note = previous["config"].get("library", {}).get("note", library_note)
+        library_hints_found = previous["config"].get("library", {}).get("hints", [])
 
     # 4. The 2D abundance prior.
     if "abundance" in run_stages:
@@ -355,7 +358,7 @@ def fit(
         "noise_std": noise_std,
         "scene": {"name": scene.name, "source": scene.source, "shape": list(prepared.cube.shape),
                   "sha256": prepared.digest, "masked_pixels": masked},
-        "library": {"setting": cfg.library, "note": library_note},
+        "library": {"setting": cfg.library, "note": library_note, "hints": library_hints_found},
         "stages_trained": list(run_stages),
         "timings": timings,
         "losses": losses,
@@ -457,9 +460,28 @@ def _train_cnn(model: HybridSTU, endmembers: torch.Tensor, cube_t: torch.Tensor,
     return endmembers.detach(), loss_value
 
 
+def library_hints(endmembers: np.ndarray, library: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """For each endmember, the library spectrum at the smallest spectral angle: ``{"name", "angle_degrees"}``.
+
+    A hint for naming a material, not an identification: a library seldom holds the scene's own material.
+    """
+    e = np.asarray(endmembers, np.float64)
+    lib = np.asarray(library, np.float64)
+    usable = np.isfinite(lib).all(axis=1) & (np.linalg.norm(lib, axis=1) > 0)
+    if not usable.any():
+        return []
+    lib, lib_names = lib[usable], [n for n, keep in zip(names, usable) if keep]
+    cos = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ (lib / np.linalg.norm(lib, axis=1, keepdims=True)).T
+    best = np.argmax(cos, axis=1)
+    angles = np.degrees(np.arccos(np.clip(cos[np.arange(len(e)), best], -1.0, 1.0)))
+    return [{"name": lib_names[j], "angle_degrees": round(float(a), 2)} for j, a in zip(best, angles)]
+
+
 def _spectra_training_set(prepared: train_data.SceneData, endmembers: np.ndarray, abundances: np.ndarray,
-                          cfg: TrainConfig, say: Callable[[str], None]) -> tuple[torch.Tensor, str]:
-    """(N, B) spectra for the 1D prior: library spectra on the sensor grid plus the scene's own."""
+                          cfg: TrainConfig, say: Callable[[str], None],
+                          endmember_names: list[str] | None = None) -> tuple[torch.Tensor, str, list[dict[str, Any]]]:
+    """(N, B) spectra for the 1D prior: library spectra on the sensor grid plus the scene's own; the note said;
+    the closest library spectrum of each endmember (:func:`library_hints`, empty without a library)."""
     scene_spectra = [endmembers]
     pure = abundances.max(axis=-1) > 0.9
     if pure.any():
@@ -468,6 +490,7 @@ def _spectra_training_set(prepared: train_data.SceneData, endmembers: np.ndarray
         scene_spectra.append(pixels[rng.choice(len(pixels), min(len(pixels), 2048), replace=False)])
     scene_set = np.concatenate(scene_spectra).astype(np.float32)
     library_set = None
+    hints: list[dict[str, Any]] = []
     setting = cfg.library
     if setting == "none":
         note = "library prior left out (library = none)"
@@ -491,13 +514,18 @@ def _spectra_training_set(prepared: train_data.SceneData, endmembers: np.ndarray
             resampled = resample(library, prepared.wavelengths)
             library_set = resampled.spectra
             note = f"library prior: {len(library_set)} spectra from {setting} resampled to the sensor"
+            hints = library_hints(endmembers, library_set, list(resampled.names))
         except InputError as exc:
             note = f"library prior left out: {exc}"
     say(note)
+    names = endmember_names or [f"endmember_{k + 1}" for k in range(len(endmembers))]
+    for name, hint in zip(names, hints):
+        say(f"{name}: closest {setting} spectrum {hint['name']!r} at {hint['angle_degrees']:.1f} deg (a hint, not "
+            "an identification)")
     parts = [scene_set] if library_set is None else [scene_set, library_set.astype(np.float32)]
     spectra = np.concatenate(parts)
     spectra = spectra[np.isfinite(spectra).all(axis=1) & (spectra.max(axis=1) > 1e-6)]
-    return torch.from_numpy(spectra), note
+    return torch.from_numpy(spectra), note, hints
 
 
 def _spectra_batch(dataset: torch.Tensor, size: int, crop: int, gen: torch.Generator) -> torch.Tensor:
