@@ -329,3 +329,17 @@ def test_training_logs_library_hints(tmp_path):
     hints = result.summary["library"]["hints"]
     assert len(hints) == 3 and all(0 <= h["angle_degrees"] <= 90 for h in hints)
     assert sum("closest earthlib spectrum" in m and "a hint" in m for m in messages) == 3
+
+    # The hints travel: checkpoint -> manifest -> run.json and the quicklook's titles.
+    import unmix
+    from unmix.export import export
+    from unmix.runtime.bundle import write_bundle
+
+    export(result.out_dir, tmp_path / "model", tile=32, progress=lambda _: None)
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert [h["name"] for h in manifest["endmembers"]["library_hints"]] == [h["name"] for h in hints]
+    unmixed = unmix.Unmixer.load(tmp_path / "model", backend="onnxruntime").run(scene, steps=1)
+    bundle = write_bundle(tmp_path / "out", scene, unmixed, {}, plot=False)
+    written = json.loads(next(bundle.glob("*.run.json")).read_text())["endmembers"]
+    assert [e["library_hint"] for e in written] == manifest["endmembers"]["library_hints"]
+    assert all(e["library_hint"]["library"] == "earthlib" for e in written)

@@ -98,7 +98,8 @@ def build_manifest(config: Mapping[str, Any], networks: Mapping[str, Mapping[str
         "inference": inference,
         "sensor": {"bands": bands, "wavelengths": None if wavelengths is None else [float(w) for w in wavelengths]},
         "endmembers": {"names": [str(n) for n in names], "spectra": [[float(v) for v in row] for row in spectra],
-                       **_engine_uncertainty(members, endmembers, bands)},
+                       **_engine_uncertainty(members, endmembers, bands),
+                       **_library_hints(config, endmembers)},
         "versions": package_versions(),
         "export": dict(export),
         "source": {"checkpoint_format": config.get("format"),
@@ -107,6 +108,18 @@ def build_manifest(config: Mapping[str, Any], networks: Mapping[str, Mapping[str
                    "scene": (config.get("scene") or {}).get("name") if isinstance(config.get("scene"), Mapping)
                    else None},
     }
+
+
+def _library_hints(config: Mapping[str, Any], endmembers: int) -> dict[str, Any]:
+    """The closest library spectrum of each endmember found in training (a naming hint), when recorded."""
+    library = config.get("library") if isinstance(config.get("library"), Mapping) else {}
+    hints = library.get("hints")
+    if not isinstance(hints, list) or len(hints) != endmembers or not all(
+            isinstance(h, Mapping) and isinstance(h.get("name"), str) and isinstance(h.get("angle_degrees"), (int, float))
+            for h in hints):
+        return {}
+    return {"library_hints": [{"name": h["name"], "angle_degrees": float(h["angle_degrees"]),
+                               "library": str(library.get("setting"))} for h in hints]}
 
 
 def _engine_uncertainty(members: Mapping[str, Any], endmembers: int, bands: int) -> dict[str, Any]:

@@ -149,8 +149,10 @@ def is_bundle(folder: Path) -> bool:
     return folder.is_dir() and any(folder.glob("*.run.json"))
 
 
-def endmember_stats(abundances: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
-    """Per endmember: mean and max abundance, and the fraction of valid pixels where it dominates."""
+def endmember_stats(abundances: np.ndarray, names: list[str],
+                    hints: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per endmember: mean and max abundance, the fraction of valid pixels where it dominates, and the
+    closest library spectrum found in training (``library_hint``, a naming hint) when the model has one."""
     p = len(names)
     total, peak, dominant, count = np.zeros(p), np.full(p, -np.inf), np.zeros(p, dtype=np.int64), 0
     for rows in row_blocks(abundances.shape[0], ROW_BLOCK):
@@ -165,8 +167,16 @@ def endmember_stats(abundances: np.ndarray, names: list[str]) -> list[dict[str, 
     return [{"name": name,
              "mean_abundance": float(total[k] / count) if count else None,
              "max_abundance": float(peak[k]) if count else None,
-             "dominant_fraction": float(dominant[k] / count) if count else None}
+             "dominant_fraction": float(dominant[k] / count) if count else None,
+             **({"library_hint": hints[k]} if hints else {})}
             for k, name in enumerate(names)]
+
+
+def hinted_names(names: list[str], hints: list[dict[str, Any]] | None) -> list[str]:
+    """Names for the quicklook: ``"endmember_1 (~ grass, 7 deg)"`` when a library hint exists."""
+    if not hints:
+        return list(names)
+    return [f"{name} (~ {hint['name']}, {hint['angle_degrees']:.0f} deg)" for name, hint in zip(names, hints)]
 
 
 #: The quicklook shows maps at most this many pixels on a side (strided): a few hundred screen
@@ -281,13 +291,14 @@ def _write_locked(out_dir: Path, stem: str, scene: Scene, result: Any, run_info:
                       names=names, description=f"unmix endmembers of {stem}")
         notes = list(result.notes)
         if plot:
-            note = quicklook(staging / f"{stem}.quicklook.png", result.abundances, result.endmembers, names,
+            note = quicklook(staging / f"{stem}.quicklook.png", result.abundances, result.endmembers,
+                             hinted_names(names, result.library_hints),
                              scene.wavelengths, result.rmse, f"{stem}: {len(names)} endmembers",
                              uncertainty=result.uncertainty)
             if note:
                 notes.append(note)
         info = {"format": RUN_FORMAT, **run_info, "notes": notes,
-                "endmembers": endmember_stats(result.abundances, names),
+                "endmembers": endmember_stats(result.abundances, names, result.library_hints),
                 "timings": result.timings, "settings": result.config}
         (staging / f"{stem}.run.json").write_text(strict_json.dumps(info, indent=2) + "\n")
         publish_modes(staging)

@@ -22,7 +22,8 @@
                                                       # unmix.runtime.settings.PipelineConfig's fields
       "sensor": {"bands": B, "wavelengths": [B floats, nm] | null},
       "endmembers": {"names": [p strings], "spectra": [[B floats] x p],
-                     optional "spread": [[B floats] x p], optional "noise_std": float},
+                     optional "spread": [[B floats] x p], optional "noise_std": float,
+                     optional "library_hints": [{"name", "angle_degrees", "library"} x p]},
       "versions": {"unmix": "...", "torch": "...", ...},             # strings (or null)
       ...                                                           # optional: export, source
     }
@@ -163,6 +164,8 @@ class Manifest:
         endmember_spread: ``(p, B)`` float32 standard deviation of each endmember over the endmember
             engine's candidate sets, or None; ``noise_std``: the training scene's estimated noise (RMS
             over bands), or None. Both feed :func:`unmix.physics.uncertainty.propagated_uncertainty`.
+        library_hints: per endmember, the closest library spectrum to the trained endmember
+            (``{"name", "angle_degrees", "library"}``): a naming hint, not an identification; or None.
         versions: package name -> version string (or None).
         data: the whole document as read.
     """
@@ -182,6 +185,7 @@ class Manifest:
     data: dict[str, Any] = field(repr=False)
     endmember_spread: np.ndarray | None = None
     noise_std: float | None = None
+    library_hints: list[dict[str, Any]] | None = None
     _verified: set = field(default_factory=set, repr=False)
 
     @property
@@ -434,6 +438,16 @@ def parse_manifest(data: Any, model_dir: str | os.PathLike, path: str | os.PathL
         if not noise_std >= 0:
             check.fail("endmembers.noise_std", "a non-negative number", noise_std)
 
+    # Optional: the closest library spectrum of each endmember found in training (a naming hint).
+    hints = endmembers_data.get("library_hints")
+    if hints is not None:
+        if not isinstance(hints, list) or len(hints) != len(names) or not all(
+                isinstance(h, dict) and isinstance(h.get("name"), str) for h in hints):
+            check.fail("endmembers.library_hints", f"{len(names)} objects with a 'name' string (one per name)",
+                       show_got=False)
+        hints = [{**h, "angle_degrees": check.number(h.get("angle_degrees"), f"endmembers.library_hints[{k}].angle_degrees")}
+                 for k, h in enumerate(hints)]
+
     versions = check.mapping(data["versions"], "versions")
     for key, value in versions.items():
         if value is not None and not isinstance(value, str):
@@ -442,7 +456,8 @@ def parse_manifest(data: Any, model_dir: str | os.PathLike, path: str | os.PathL
     return Manifest(path=path, model_dir=model_dir, format=data["format"], networks=networks,
                     schedule=schedule, betas=betas, inference=dict(inference), bands=bands,
                     wavelengths=wavelengths, endmember_names=list(names), endmembers=endmembers,
-                    versions=dict(versions), data=data, endmember_spread=spread, noise_std=noise_std)
+                    versions=dict(versions), data=data, endmember_spread=spread, noise_std=noise_std,
+                    library_hints=hints)
 
 
 def load_manifest(model_dir: str | os.PathLike, verify: bool = False) -> Manifest:

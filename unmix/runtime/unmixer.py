@@ -39,6 +39,8 @@ class Result:
         timings: seconds per stage and network.
         config: the inference settings used.
         notes: what could not be checked or was masked.
+        library_hints: per endmember, the closest library spectrum to the model's trained endmember
+            (``{"name", "angle_degrees", "library"}``), a naming hint; None when training had no library.
     """
 
     abundances: np.ndarray
@@ -50,6 +52,7 @@ class Result:
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     uncertainty_per_endmember: np.ndarray | None = None
+    library_hints: list[dict[str, Any]] | None = None
 
 
 class Unmixer:
@@ -106,7 +109,8 @@ class Unmixer:
         return Result(abundances=result.abundances, endmembers=result.endmembers,
                       names=list(self.manifest.endmember_names), rmse=result.rmse,
                       uncertainty=result.uncertainty, timings=result.timings, config=result.config, notes=notes,
-                      uncertainty_per_endmember=result.uncertainty_per_endmember)
+                      uncertainty_per_endmember=result.uncertainty_per_endmember,
+                      library_hints=self.manifest.library_hints)
 
 
 def _as_scene(cube: Scene | np.ndarray | str | Path) -> Scene:
