@@ -225,3 +225,89 @@ def test_stream_memory_does_not_grow_with_lines(build, exported, tmp_path):
         peaks[lines] = int(fields[5])
     print(f"unmix_lines (openvino, 128 x 24) peak RSS KiB: {peaks}")
     assert peaks[1024] - peaks[64] < 4096, peaks
+
+
+def _raw_tool(build: Path) -> Path:
+    return build / "cpp_bindings" / "unmix_run_raw"
+
+
+def _load_outputs(prefix: Path, H: int, W: int, B: int, p: int) -> dict[str, np.ndarray]:
+    shapes = {"abundances": (H, W, p), "endmembers": (p, B), "rmse": (H, W), "uncertainty": (H, W)}
+    return {name: np.fromfile(f"{prefix}.{name}.f32", dtype="<f4").reshape(shape) for name, shape in shapes.items()}
+
+
+def test_file_entry_equals_whole_buffer_and_python(build, exported, tmp_path):
+    """unmix_run_file (unmix_run_raw --file, OpenVINO; the cube read row window by row window, the passes'
+    abundances in a scratch file) gives the whole-cube call's outputs bit for bit on the float32 BSQ
+    scene, and on an int16 BIL copy (x 10000, a data ignore value, big-endian) Python's unmix.Unmixer
+    (ONNX Runtime, which reads the file with unmix.io.envi) to 1e-4."""
+    if not _openvino_built(build):
+        if IN_CI:
+            pytest.fail("the OpenVINO backend was not built (pip install openvino)")
+        pytest.skip("the OpenVINO backend was not built")
+    import unmix
+
+    header, model = exported
+    settings = {"eta": 0.6, "samples": 2, "rounds": 2, "seed": 7}
+    args = [f"{key}={value}" for key, value in settings.items()]
+    whole = _run([str(_raw_tool(build)), str(model), "openvino", str(header), str(tmp_path / "whole"), *args])
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    streamed = _run([str(_raw_tool(build)), str(model), "openvino", str(header), str(tmp_path / "file"), "--file",
+                     f"scratch={scratch}", *args])
+    assert streamed.returncode == 0, streamed.stdout + streamed.stderr
+    H, W, B, p = (int(v) for v in streamed.stdout.split()[:4])
+    assert (H, W, B, p) == (40, 36, 24, 3)
+    assert whole.stdout.split()[:4] == streamed.stdout.split()[:4]
+    assert not any(scratch.iterdir())  # the scratch file was unlinked
+    ours, reference = _load_outputs(tmp_path / "file", H, W, B, p), _load_outputs(tmp_path / "whole", H, W, B, p)
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+
+    # int16 BIL big-endian, x 10000, the invalid pixel stored as the ignore value
+    cube = unmix.read_cube(header).read()
+    stored = np.round(np.nan_to_num(cube, nan=0.0) * 10000).astype(">i2")
+    stored[~np.isfinite(cube).all(axis=-1)] = -9999
+    (tmp_path / "int16.img").write_bytes(stored.transpose(0, 2, 1).tobytes())
+    (tmp_path / "int16.hdr").write_text(
+        f"ENVI\nsamples = {W}\nlines = {H}\nbands = {B}\nheader offset = 0\ndata type = 2\ninterleave = bil\n"
+        "byte order = 1\nreflectance scale factor = 10000\ndata ignore value = -9999\n")
+    run = _run([str(_raw_tool(build)), str(model), "openvino", str(tmp_path / "int16.hdr"), str(tmp_path / "int16"),
+                "--file", "scratch=memory", *args])
+    assert run.returncode == 0, run.stdout + run.stderr
+    ours = _load_outputs(tmp_path / "int16", H, W, B, p)
+    theirs = unmix.Unmixer.load(model, backend="onnxruntime").run(tmp_path / "int16.hdr", **settings)
+    assert np.isnan(ours["abundances"][3, 5]).all()
+    diffs = {}
+    for name in ("abundances", "endmembers", "rmse"):
+        np.testing.assert_array_equal(np.isnan(ours[name]), np.isnan(getattr(theirs, name)), err_msg=name)
+        diffs[name] = float(np.nanmax(np.abs(ours[name] - getattr(theirs, name))))
+    print(f"unmix_run_file on int16 BIL big-endian (openvino) vs Python (onnxruntime): max abs diff {diffs}")
+    assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_file_entry_memory_does_not_grow_with_lines(build, exported, tmp_path):
+    """unmix_run_raw --file on OpenVINO: the peak RSS for a 1024-line cube stays within 4 MiB of that for a
+    64-line cube (the 1024-line cube alone is 12 MiB, its abundances 1.5 MiB): the cube is read row window
+    by row window, the passes' abundances stay in a scratch file and finished rows go to the output files."""
+    if not _openvino_built(build):
+        if IN_CI:
+            pytest.fail("the OpenVINO backend was not built (pip install openvino)")
+        pytest.skip("the OpenVINO backend was not built")
+    from unmix.io.envi import write_cube
+
+    _, model = exported
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for lines in (64, 1024):
+        cube = rng.uniform(0.05, 0.6, size=(lines, 128, 24)).astype(np.float32)
+        header = write_cube(tmp_path / f"cube{lines}.hdr", cube)
+        run = _run([str(_raw_tool(build)), str(model), "openvino", str(header), str(tmp_path / f"out{lines}"), "--file",
+                    "threads=2", "steps=2", "t0=50", "rounds=2"])
+        assert run.returncode == 0, run.stdout + run.stderr
+        fields = run.stdout.split()
+        assert int(fields[0]) == lines
+        peaks[lines] = int(fields[5])
+    print(f"unmix_run_file (openvino, 128 x 24) peak RSS KiB: {peaks}")
+    assert peaks[1024] - peaks[64] < 4096, peaks

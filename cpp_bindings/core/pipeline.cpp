@@ -199,35 +199,41 @@ void project_simplex(double* v, int p) {
 }
 
 // ---- the pipeline ----------------------------------------------------------------------------------
-// Pipeline::run follows run_pipeline step by step; the per-tile bodies live in TileSteps (shared with the
-// push-broom Stream), the whole-image blending and the statistics here.
+// Pipeline::run_rows follows run_pipeline step by step; the per-tile bodies live in TileSteps (shared with
+// the push-broom Stream), the blending of a band of rows and the statistics here. Pass by pass, the row
+// tiles run top to bottom; once a row tile is done, the rows above the next one are final (no later tile
+// covers them): they leave the blend band and go to the store (or, in the last pass, to the sink). A pass
+// reads the abundances of a tile from the store only where no finished row has been written yet, so the
+// previous pass's values are what it sees, as with a whole-image copy.
 
 namespace {
 constexpr int kStatisticsBlock = 256;
 
-// Accumulates weighted (h, w, C) tile values into an (H, W, C) image (tiling.Blender).
-struct Blender {
-    int H, W, C, T;
+// Weighted (h, w, C) tile values summed over a band of rows (tiling.Blender): row r in slot r % rows.
+// Tiles are added in the grid's order, so every pixel's sums are those of a whole-image blend.
+struct RowBlender {
+    int W = 0, C = 0, T = 0, rows = 0;
     std::vector<double> weights, sum, weight_sum;
-    Blender(int H_, int W_, int C_, int T_, int overlap) : H(H_), W(W_), C(C_), T(T_) {
+    RowBlender(int W_, int max_channels, int rows_, int T_, int overlap) : W(W_), C(max_channels), T(T_), rows(rows_) {
         weights = blend_weights(T, overlap);
-        sum.assign(static_cast<size_t>(H) * W * C, 0.0);
-        weight_sum.assign(static_cast<size_t>(H) * W, 0.0);
+        sum.assign(static_cast<size_t>(rows) * W * max_channels, 0.0);
+        weight_sum.assign(static_cast<size_t>(rows) * W, 0.0);
     }
     void reset(int channels) {
         C = channels;
-        sum.assign(static_cast<size_t>(H) * W * C, 0.0);
+        std::fill(sum.begin(), sum.end(), 0.0);
         std::fill(weight_sum.begin(), weight_sum.end(), 0.0);
     }
+    size_t pixel(int row, int col) const { return static_cast<size_t>(row % rows) * W + col; }
     // channel-first (C, T, T) tile output
     void add_chw(const Tile& tile, const float* chw) {
         for (int i = 0; i < tile.height; ++i)
             for (int j = 0; j < tile.width; ++j) {
                 const double wt = weights[i * T + j];
-                const size_t pixel = static_cast<size_t>(tile.row0 + i) * W + (tile.col0 + j);
+                const size_t at = pixel(tile.row0 + i, tile.col0 + j);
                 for (int c = 0; c < C; ++c)
-                    sum[pixel * C + c] += wt * static_cast<double>(chw[(static_cast<size_t>(c) * T + i) * T + j]);
-                weight_sum[pixel] += wt;
+                    sum[at * C + c] += wt * static_cast<double>(chw[(static_cast<size_t>(c) * T + i) * T + j]);
+                weight_sum[at] += wt;
             }
     }
     // (h, w, C) row-major tile values
@@ -235,16 +241,23 @@ struct Blender {
         for (int i = 0; i < tile.height; ++i)
             for (int j = 0; j < tile.width; ++j) {
                 const double wt = weights[i * T + j];
-                const size_t pixel = static_cast<size_t>(tile.row0 + i) * W + (tile.col0 + j);
+                const size_t at = pixel(tile.row0 + i, tile.col0 + j);
                 const float* v = hwc + (static_cast<size_t>(i) * tile.width + j) * C;
-                for (int c = 0; c < C; ++c) sum[pixel * C + c] += wt * static_cast<double>(v[c]);
-                weight_sum[pixel] += wt;
+                for (int c = 0; c < C; ++c) sum[at * C + c] += wt * static_cast<double>(v[c]);
+                weight_sum[at] += wt;
             }
     }
-    // channel c of the weighted mean, float32, at pixel
-    float value(size_t pixel, int c) const {
-        if (!(weight_sum[pixel] > 0)) throw UsageError("some pixels were covered by no tile");
-        return static_cast<float>(sum[pixel * C + c] / weight_sum[pixel]);
+    // channel c of the weighted mean, float32, at (row, col)
+    float value(int row, int col, int c) const {
+        const size_t at = pixel(row, col);
+        if (!(weight_sum[at] > 0)) throw UsageError("some pixels were covered by no tile");
+        return static_cast<float>(sum[at * C + c] / weight_sum[at]);
+    }
+    // a finished row's slot, emptied for the row `rows` further down
+    void clear_row(int row) {
+        const size_t at = pixel(row, 0);
+        std::fill(sum.begin() + static_cast<long>(at * C), sum.begin() + static_cast<long>((at + W) * C), 0.0);
+        std::fill(weight_sum.begin() + static_cast<long>(at), weight_sum.begin() + static_cast<long>(at + W), 0.0);
     }
 };
 
@@ -253,9 +266,10 @@ struct Statistics {
     long long count = 0;
 };
 
-// AtA, AtY over valid pixels in blocks of kStatisticsBlock; with E also the (H, W) RMSE (NaN invalid).
-void statistics(const float* cube, const std::vector<char>& mask, const float* A, int H, int W, int B, int p,
-                const double* E, float* rmse, Statistics& s, std::vector<double>& work) {
+// AtA, AtY over valid pixels in blocks of kStatisticsBlock (rows, then columns, inside a block), the
+// abundances from the store. y and a: buffers of kStatisticsBlock pixels (B and p floats each).
+void statistics(CubeSource& cube, AbundanceStore& store, int H, int W, int B, int p, Statistics& s,
+                std::vector<double>& work, float* y, float* a32) {
     s.AtA.assign(static_cast<size_t>(p) * p, 0.0);
     s.AtY.assign(static_cast<size_t>(p) * B, 0.0);
     s.count = 0;
@@ -265,28 +279,90 @@ void statistics(const float* cube, const std::vector<char>& mask, const float* A
     double* a = blockAtY + p * B;
     for (int r0 = 0; r0 < H; r0 += kStatisticsBlock)
         for (int c0 = 0; c0 < W; c0 += kStatisticsBlock) {
+            const int cols = std::min(W, c0 + kStatisticsBlock) - c0;
             std::fill(blockAtA.begin(), blockAtA.begin() + p * p + p * B, 0.0);
-            for (int r = r0; r < std::min(H, r0 + kStatisticsBlock); ++r)
-                for (int c = c0; c < std::min(W, c0 + kStatisticsBlock); ++c) {
-                    const size_t pixel = static_cast<size_t>(r) * W + c;
-                    if (!mask[pixel]) {
-                        if (rmse) rmse[pixel] = std::numeric_limits<float>::quiet_NaN();
-                        continue;
-                    }
-                    const float* y = cube + pixel * B;
-                    for (int k = 0; k < p; ++k) a[k] = static_cast<double>(A[pixel * p + k]);
+            for (int r = r0; r < std::min(H, r0 + kStatisticsBlock); ++r) {
+                cube.read(r, c0, cols, y);
+                store.read(r, c0, cols, a32);
+                for (int c = 0; c < cols; ++c) {
+                    const float* yc = y + static_cast<size_t>(c) * B;
+                    if (!pixel_valid(yc, B)) continue;
+                    for (int k = 0; k < p; ++k) a[k] = static_cast<double>(a32[static_cast<size_t>(c) * p + k]);
                     for (int k = 0; k < p; ++k) {
                         for (int l = 0; l < p; ++l) blockAtA[k * p + l] += a[k] * a[l];
-                        for (int b = 0; b < B; ++b) blockAtY[k * B + b] += a[k] * static_cast<double>(y[b]);
+                        for (int b = 0; b < B; ++b) blockAtY[k * B + b] += a[k] * static_cast<double>(yc[b]);
                     }
                     ++s.count;
-                    if (E && rmse) rmse[pixel] = pixel_rmse(y, A + pixel * p, E, p, B);
                 }
+            }
             for (int i = 0; i < p * p; ++i) s.AtA[i] += blockAtA[i];
             for (int i = 0; i < p * B; ++i) s.AtY[i] += blockAtY[i];
         }
     if (s.count == 0) throw InputError("the cube: no pixel is finite in every band; nothing to unmix");
 }
+
+// A tile's (height, width, B) window of the cube with invalid pixels set to 0 (fed to the networks) and
+// their flags.
+void read_window(CubeSource& cube, const Tile& tile, int B, float* window, char* valid) {
+    for (int i = 0; i < tile.height; ++i) {
+        float* row = window + static_cast<size_t>(i) * tile.width * B;
+        cube.read(tile.row0 + i, tile.col0, tile.width, row);
+        for (int j = 0; j < tile.width; ++j) {
+            float* y = row + static_cast<size_t>(j) * B;
+            const bool ok = pixel_valid(y, B);
+            valid[static_cast<size_t>(i) * tile.width + j] = ok;
+            if (!ok) std::fill(y, y + B, 0.0f);
+        }
+    }
+}
+
+// The whole-buffer call's cube, store and sink: the caller's arrays.
+class BufferCube : public CubeSource {
+public:
+    BufferCube(const float* cube, int W, int B) : cube_(cube), W_(W), B_(B) {}
+    void read(int row, int col0, int cols, float* out) override {
+        const float* from = cube_ + (static_cast<size_t>(row) * W_ + col0) * B_;
+        std::copy(from, from + static_cast<size_t>(cols) * B_, out);
+    }
+
+private:
+    const float* cube_;
+    int W_, B_;
+};
+
+class BufferStore : public AbundanceStore {
+public:
+    BufferStore(float* abundances, int W, int p) : A_(abundances), W_(W), p_(p) {}
+    void read(int row, int col0, int cols, float* out) override {
+        const float* from = A_ + (static_cast<size_t>(row) * W_ + col0) * p_;
+        std::copy(from, from + static_cast<size_t>(cols) * p_, out);
+    }
+    void write_row(int row, const float* values) override {
+        std::copy(values, values + static_cast<size_t>(W_) * p_, A_ + static_cast<size_t>(row) * W_ * p_);
+    }
+
+private:
+    float* A_;
+    int W_, p_;
+};
+
+class BufferSink : public RowSink {
+public:
+    BufferSink(float* abundances, float* rmse, float* uncertainty, int W, int p)
+        : A_(abundances), rmse_(rmse), uncertainty_(uncertainty), W_(W), p_(p) {}
+    void write_row(int row, const float* abundances, const float* rmse, const float* uncertainty) override {
+        const size_t at = static_cast<size_t>(row) * W_;
+        std::copy(abundances, abundances + static_cast<size_t>(W_) * p_, A_ + at * p_);
+        std::copy(rmse, rmse + W_, rmse_ + at);
+        if (uncertainty_) std::copy(uncertainty, uncertainty + W_, uncertainty_ + at);
+    }
+
+private:
+    float* A_;
+    float* rmse_;
+    float* uncertainty_;
+    int W_, p_;
+};
 
 }  // namespace
 
@@ -309,37 +385,56 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
                    float* endmembers_out, float* rmse_out, const float* initial_endmembers, float* uncertainty_out) {
     if (!cube || !abundances_out || !endmembers_out || !rmse_out) throw UsageError("null buffer");
     if (H < 1 || W < 1) throw UsageError("the cube must have H >= 1 and W >= 1");
+    BufferCube source(cube, W, B_);
+    BufferStore store(abundances_out, W, p_);  // the passes' abundances; the last pass's rows replace them
+    BufferSink sink(abundances_out, rmse_out, uncertainty_out, W, p_);
+    run_rows(source, H, W, cfg, store, sink, endmembers_out, initial_endmembers);
+}
+
+void Pipeline::run_rows(CubeSource& cube, int H, int W, const PipelineConfig& cfg, AbundanceStore& store, RowSink& sink,
+                        float* endmembers_out, const float* initial_endmembers) {
+    if (!endmembers_out) throw UsageError("null buffer");
+    if (H < 1 || W < 1) throw UsageError("the cube must have H >= 1 and W >= 1");
     const int B = B_, p = p_, T = T_;
     if (initial_endmembers) check_endmembers(initial_endmembers, p, B);
     TileSteps& steps = *steps_;
     steps.configure(cfg);  // fails on bad step settings before any work
-    const size_t HW = static_cast<size_t>(H) * W;
-    const std::vector<Tile> grid = tile_grid(H, W, T, cfg.overlap);
+    const std::vector<int> row_starts = tile_starts(H, T, cfg.overlap), col_starts = tile_starts(W, T, cfg.overlap);
+    const int th = std::min(T, H), tw = std::min(T, W), block = std::min(W, kStatisticsBlock);
+    const int n_row_tiles = static_cast<int>(row_starts.size());
     stats_ = PipelineStats{};
 
-    // Every buffer the loops use, allocated once.
-    std::vector<char> mask(HW);
-    std::vector<float> clean(HW * B);  // the cube with invalid pixels set to 0 (fed to the networks)
-    for (size_t pixel = 0; pixel < HW; ++pixel) {
-        mask[pixel] = pixel_valid(cube + pixel * B, B);
-        for (int b = 0; b < B; ++b) clean[pixel * B + b] = mask[pixel] ? cube[pixel * B + b] : 0.0f;
-    }
-    std::vector<float> A(HW * p), current(HW * p), work_tile(static_cast<size_t>(T) * T * B), uncertainty;
-    Blender blender(H, W, p, T, cfg.overlap);
+    // Every buffer the loops use, allocated once; none grows with H, and only the blend band with W.
+    RowBlender blender(W, std::max(p, steps.refine_channels()), th, T, cfg.overlap);
+    std::vector<float> window(static_cast<size_t>(th) * tw * B), current(static_cast<size_t>(th) * tw * p);
+    std::vector<char> valid(static_cast<size_t>(th) * tw);
+    std::vector<float> row_a(static_cast<size_t>(W) * p), row_rmse(W), row_u(W);
+    std::vector<float> block_y(static_cast<size_t>(block) * B), block_a(static_cast<size_t>(block) * p);
     Statistics st;
     std::vector<double> stats_work, refined(p);
     std::vector<float> E32(static_cast<size_t>(p) * B);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
 
-    // Pass 1: HybridSTU tile by tile, blended.
-    for (const Tile& tile : grid) {
-        channels_first_rows([&](int i) { return clean.data() + (static_cast<size_t>(tile.row0 + i) * W + tile.col0) * B; },
-                            tile.height, tile.width, B, T, steps.cube_buffer());
-        blender.add_chw(tile, steps.hybridstu_tile());
+    // Pass 1: HybridSTU tile by tile, blended; finished rows go to the store.
+    blender.reset(p);
+    int finished = 0;
+    for (int k = 0; k < n_row_tiles; ++k) {
+        for (int c0 : col_starts) {
+            const Tile tile{row_starts[k], c0, th, tw};
+            read_window(cube, tile, B, window.data(), valid.data());
+            channels_first_rows([&](int i) { return window.data() + static_cast<size_t>(i) * tw * B; }, th, tw, B, T,
+                                steps.cube_buffer());
+            blender.add_chw(tile, steps.hybridstu_tile());
+        }
+        for (const int end = k + 1 < n_row_tiles ? row_starts[k + 1] : H; finished < end; ++finished) {
+            for (int j = 0; j < W; ++j)
+                for (int c = 0; c < p; ++c) row_a[static_cast<size_t>(j) * p + c] = blender.value(finished, j, c);
+            store.write_row(finished, row_a.data());
+            blender.clear_row(finished);
+        }
     }
-    for (size_t pixel = 0; pixel < HW; ++pixel)
-        for (int k = 0; k < p; ++k) A[pixel * p + k] = blender.value(pixel, k);
 
-    statistics(cube, mask, A.data(), H, W, B, p, nullptr, nullptr, st, stats_work);
+    statistics(cube, store, H, W, B, p, st, stats_work, block_y.data(), block_a.data());
     std::vector<double> E;
     if (initial_endmembers && cfg.initial_endmembers)
         E.assign(initial_endmembers, initial_endmembers + static_cast<size_t>(p) * B);
@@ -347,6 +442,7 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
         E = nnls_endmembers(st.AtA, st.AtY, p, B);
 
     for (int round = 0; round < cfg.rounds; ++round) {
+        const bool last = round + 1 == cfg.rounds;
         if (round > 0 && !cfg.refine_spectra) {
             // An endmember no pixel uses gets a zero spectrum from NNLS: keep its previous one.
             const std::vector<double> update = nnls_endmembers(st.AtA, st.AtY, p, B);
@@ -360,52 +456,69 @@ void Pipeline::run(const float* cube, int H, int W, const PipelineConfig& cfg, f
             E32[i] = static_cast<float>(E[i]);
             E[i] = static_cast<double>(E32[i]);  // the float32 E the step networks see
         }
-        std::copy(A.begin(), A.end(), current.begin());
 
         // Pass 2: the 2D DDIM refinement of every tile, blended.
         blender.reset(steps.refine_channels());
-        for (const Tile& tile : grid) {
-            // The tile's cube; invalid pixels get the current reconstruction A E.
-            for (int i = 0; i < tile.height; ++i)
-                for (int j = 0; j < tile.width; ++j) {
-                    const size_t pixel = static_cast<size_t>(tile.row0 + i) * W + (tile.col0 + j);
-                    float* y = work_tile.data() + (static_cast<size_t>(i) * tile.width + j) * B;
-                    if (mask[pixel]) {
-                        std::copy(clean.begin() + pixel * B, clean.begin() + (pixel + 1) * B, y);
-                    } else {
-                        for (int b = 0; b < B; ++b) {
-                            float v = 0.0f;
-                            for (int k = 0; k < p; ++k) v += current[pixel * p + k] * E32[k * B + b];
-                            y[b] = v;
+        finished = 0;
+        for (int k = 0; k < n_row_tiles; ++k) {
+            for (int c0 : col_starts) {
+                const Tile tile{row_starts[k], c0, th, tw};
+                // The tile's cube; invalid pixels get the current reconstruction A E. The store still holds
+                // the previous pass's abundances for every row of this tile (none of them is finished).
+                read_window(cube, tile, B, window.data(), valid.data());
+                for (int i = 0; i < th; ++i)
+                    store.read(tile.row0 + i, c0, tw, current.data() + static_cast<size_t>(i) * tw * p);
+                for (size_t n = 0; n < valid.size(); ++n) {
+                    if (valid[n]) continue;
+                    const float* a = current.data() + n * p;
+                    float* y = window.data() + n * B;
+                    for (int b = 0; b < B; ++b) {
+                        float v = 0.0f;
+                        for (int c = 0; c < p; ++c) v += a[c] * E32[c * B + b];
+                        y[b] = v;
+                    }
+                }
+                channels_first_rows([&](int i) { return window.data() + static_cast<size_t>(i) * tw * B; }, th, tw, B,
+                                    T, steps.cube_buffer());
+                channels_first_rows([&](int i) { return current.data() + static_cast<size_t>(i) * tw * p; }, th, tw, p,
+                                    T, steps.x0_buffer());
+                blender.add_hwc(tile, steps.refine_tile(tile, round, E32.data()));
+            }
+            for (const int end = k + 1 < n_row_tiles ? row_starts[k + 1] : H; finished < end; ++finished) {
+                for (int j = 0; j < W; ++j) {  // float32 before the projection
+                    for (int c = 0; c < p; ++c) refined[c] = static_cast<double>(blender.value(finished, j, c));
+                    project_simplex(refined.data(), p);
+                    for (int c = 0; c < p; ++c) row_a[static_cast<size_t>(j) * p + c] = static_cast<float>(refined[c]);
+                    row_u[j] = cfg.samples > 1 ? blender.value(finished, j, p) : nan;
+                }
+                blender.clear_row(finished);
+                if (!last) {
+                    store.write_row(finished, row_a.data());
+                    continue;
+                }
+                // The last pass: the RMSE against the cube, NaN at invalid pixels, and the row out.
+                for (int c0 = 0; c0 < W; c0 += block) {
+                    const int cols = std::min(W, c0 + block) - c0;
+                    cube.read(finished, c0, cols, block_y.data());
+                    for (int j = 0; j < cols; ++j) {
+                        const float* y = block_y.data() + static_cast<size_t>(j) * B;
+                        float* a = row_a.data() + static_cast<size_t>(c0 + j) * p;
+                        if (pixel_valid(y, B)) {
+                            row_rmse[c0 + j] = pixel_rmse(y, a, E.data(), p, B);
+                        } else {
+                            std::fill(a, a + p, nan);
+                            row_rmse[c0 + j] = nan;
+                            row_u[c0 + j] = nan;
                         }
                     }
                 }
-            channels_first_rows([&](int i) { return work_tile.data() + static_cast<size_t>(i) * tile.width * B; },
-                                tile.height, tile.width, B, T, steps.cube_buffer());
-            channels_first_rows([&](int i) { return current.data() + (static_cast<size_t>(tile.row0 + i) * W + tile.col0) * p; },
-                                tile.height, tile.width, p, T, steps.x0_buffer());
-            blender.add_hwc(tile, steps.refine_tile(tile, round, E32.data()));
+                sink.write_row(finished, row_a.data(), row_rmse.data(), row_u.data());
+            }
         }
-        for (size_t pixel = 0; pixel < HW; ++pixel) {  // float32 before the projection
-            for (int k = 0; k < p; ++k) refined[k] = static_cast<double>(blender.value(pixel, k));
-            project_simplex(refined.data(), p);
-            for (int k = 0; k < p; ++k) A[pixel * p + k] = static_cast<float>(refined[k]);
-        }
-        if (cfg.samples > 1 && uncertainty_out) {
-            uncertainty.resize(HW);
-            for (size_t pixel = 0; pixel < HW; ++pixel) uncertainty[pixel] = blender.value(pixel, p);
-        }
-        statistics(cube, mask, A.data(), H, W, B, p, E.data(), rmse_out, st, stats_work);
+        if (!last) statistics(cube, store, H, W, B, p, st, stats_work, block_y.data(), block_a.data());
     }
     stats_.network_calls = steps.network_calls();
-
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    for (size_t pixel = 0; pixel < HW; ++pixel)
-        for (int k = 0; k < p; ++k) abundances_out[pixel * p + k] = mask[pixel] ? A[pixel * p + k] : nan;
     std::copy(E32.begin(), E32.end(), endmembers_out);
-    if (uncertainty_out)
-        for (size_t pixel = 0; pixel < HW; ++pixel)
-            uncertainty_out[pixel] = (cfg.samples > 1 && mask[pixel]) ? uncertainty[pixel] : nan;
 }
 
 }  // namespace unmix

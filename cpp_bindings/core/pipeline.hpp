@@ -66,6 +66,32 @@ void project_simplex(double* v, int p);
 
 class TileSteps;
 
+// Where a scene's cube comes from, a window of one row at a time: pixels [col0, col0 + cols) of `row`
+// into out, (cols, B) float32, BIP. Pipeline::run_rows reads each pass's tiles (cols <= T) and the
+// statistics' blocks (cols <= 256) this way; a row is read again by every pass.
+class CubeSource {
+public:
+    virtual ~CubeSource() = default;
+    virtual void read(int row, int col0, int cols, float* out) = 0;
+};
+
+// The scene-sized (H, W, p) float32 abundances kept between the passes (the caller's output buffer, or a
+// scratch file). read: pixels [col0, col0 + cols) of `row`, (cols, p); write_row: a whole row (W, p).
+class AbundanceStore {
+public:
+    virtual ~AbundanceStore() = default;
+    virtual void read(int row, int col0, int cols, float* out) = 0;
+    virtual void write_row(int row, const float* values) = 0;
+};
+
+// The finished rows of the last pass, in row order: abundances (W, p) (NaN at invalid pixels), rmse (W,),
+// uncertainty (W,) (NaN unless samples > 1, and at invalid pixels).
+class RowSink {
+public:
+    virtual ~RowSink() = default;
+    virtual void write_row(int row, const float* abundances, const float* rmse, const float* uncertainty) = 0;
+};
+
 class Pipeline {
 public:
     // B bands, p endmembers, T the networks' tile size.
@@ -81,8 +107,18 @@ public:
     // config.initial_endmembers; otherwise (or when NULL) E0 is the NNLS estimate from pass 1's statistics
     // (run_pipeline's `endmembers`). uncertainty (H, W), optional: written when samples > 1 (the mean over
     // endmembers of the per-pixel standard deviation across samples), else filled with NaN.
+    // Memory: the cube and the outputs (the abundances buffer holds the passes' abundances), plus a band of
+    // T rows of blend sums and one tile's buffers; nothing else grows with H or W.
     void run(const float* cube, int H, int W, const PipelineConfig& config, float* abundances, float* endmembers,
              float* rmse, const float* initial_endmembers = nullptr, float* uncertainty = nullptr);
+
+    // The same flow and the same values, bit for bit, with the cube read from `cube` (each pass reads it
+    // again), the passes' abundances in `store` and the last pass's rows written to `sink` as they finish
+    // (before the call returns; rows already written stay written when it throws later). endmembers (p, B)
+    // is written once every row is out. Memory beyond the store: T rows x W of blend sums (T the tile)
+    // and one tile's buffers.
+    void run_rows(CubeSource& cube, int H, int W, const PipelineConfig& config, AbundanceStore& store, RowSink& sink,
+                  float* endmembers, const float* initial_endmembers = nullptr);
 
     const PipelineStats& stats() const { return stats_; }
 

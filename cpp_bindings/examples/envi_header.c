@@ -155,7 +155,19 @@ static int split_entries(const char* text, size_t length, entries* e, char* erro
     return 0;
 }
 
-int envi_header_parse(const char* text, size_t length, envi_header* out, char* error, size_t size) {
+int envi_header_value_bytes(int data_type) {
+    switch (data_type) {
+        case 1: return 1;
+        case 2: case 12: return 2;
+        case 3: case 4: case 13: return 4;
+        case 5: case 14: case 15: return 8;
+        default: return 0;
+    }
+}
+
+/* any_type: every data type of envi_header_value_bytes, either byte order, interleave required for
+ * bands > 1; otherwise float32 little-endian only, bsq when interleave is absent. */
+static int parse_header(const char* text, size_t length, envi_header* out, char* error, size_t size, int any_type) {
     if (error && size > 0) error[0] = '\0';
     if (!out) return fail(error, size, "envi_header_parse: out is NULL");
     memset(out, 0, sizeof *out);
@@ -179,12 +191,24 @@ int envi_header_parse(const char* text, size_t length, envi_header* out, char* e
     long data_type = -1;
     if (!e.data_type.begin || parse_long(e.data_type.begin, e.data_type.end, LONG_MIN, LONG_MAX, &data_type) != 0)
         return fail(error, size, "data type: expected an integer (4 = float32)");
-    if (data_type != 4)
+    if (any_type && (data_type < 1 || data_type > 15 || envi_header_value_bytes((int)data_type) == 0))
+        return fail(error, size, "data type: %ld is not read; expected 1, 2, 3, 4, 5, 12, 13, 14 or 15 (complex types are not)",
+                    data_type);
+    if (!any_type && data_type != 4)
         return fail(error, size, "data type: %ld is not read; only 4 (float32) is (convert the cube to float32)", data_type);
+    out->data_type = (int)data_type;
     long byte_order = 0;
-    if (e.byte_order.begin && (parse_long(e.byte_order.begin, e.byte_order.end, 0, 1, &byte_order) != 0 || byte_order != 0))
+    if (any_type) {
+        if (e.byte_order.begin && parse_long(e.byte_order.begin, e.byte_order.end, 0, 1, &byte_order) != 0)
+            return fail(error, size, "byte order: expected 0 (little-endian) or 1 (big-endian)");
+    } else if (e.byte_order.begin &&
+               (parse_long(e.byte_order.begin, e.byte_order.end, 0, 1, &byte_order) != 0 || byte_order != 0)) {
         return fail(error, size, "byte order: only 0 (little-endian) is read");
+    }
+    out->byte_order = (int)byte_order;
     out->interleave = ENVI_BSQ;
+    if (any_type && !e.interleave.begin && out->bands > 1)
+        return fail(error, size, "interleave: missing; expected bsq, bil or bip (required when bands > 1)");
     if (e.interleave.begin) {
         char value[8];
         if (copy_value(e.interleave.begin, e.interleave.end, value, sizeof value) != 0)
@@ -246,7 +270,15 @@ int envi_header_parse(const char* text, size_t length, envi_header* out, char* e
     return 0;
 }
 
-int envi_header_read(const char* path, envi_header* out, char* error, size_t size) {
+int envi_header_parse(const char* text, size_t length, envi_header* out, char* error, size_t size) {
+    return parse_header(text, length, out, error, size, 0);
+}
+
+int envi_header_parse_any(const char* text, size_t length, envi_header* out, char* error, size_t size) {
+    return parse_header(text, length, out, error, size, 1);
+}
+
+static int read_header(const char* path, envi_header* out, char* error, size_t size, int any_type) {
     if (!path || !out) return fail(error, size, "envi_header_read: path or out is NULL");
     FILE* file = fopen(path, "rb");
     if (!file) return fail(error, size, "%s: cannot be opened", path);
@@ -262,10 +294,18 @@ int envi_header_read(const char* path, envi_header* out, char* error, size_t siz
         return fail(error, size, "%s: larger than 1 MiB; not an ENVI header", path);
     }
     char inner[256];
-    int status = envi_header_parse(text, length, out, inner, sizeof inner);
+    int status = parse_header(text, length, out, inner, sizeof inner, any_type);
     free(text);
     if (status != 0) return fail(error, size, "%s: %s", path, inner);
     return 0;
+}
+
+int envi_header_read(const char* path, envi_header* out, char* error, size_t size) {
+    return read_header(path, out, error, size, 0);
+}
+
+int envi_header_read_any(const char* path, envi_header* out, char* error, size_t size) {
+    return read_header(path, out, error, size, 1);
 }
 
 void envi_header_free(envi_header* header) {

@@ -1,8 +1,12 @@
-/* A minimal ENVI header reader (plain C99) for float32 cubes: the keys a line-by-line reader needs.
+/* A minimal ENVI header reader (plain C99): the keys a line-by-line reader needs.
  *
- * Read: samples, lines, bands, header offset, data type (only 4 = float32 is accepted), byte order
- * (only 0 = little-endian), interleave (bsq, bil, bip; any case), reflectance scale factor (divided out),
- * data ignore value (stored value -> NaN, compared before scaling), bbl (bands with bbl = 0 dropped).
+ * Read: samples, lines, bands, header offset, data type, byte order, interleave (bsq, bil, bip; any
+ * case), reflectance scale factor (divided out), data ignore value (stored value -> NaN, compared before
+ * scaling), bbl (bands with bbl = 0 dropped). envi_header_parse / envi_header_read accept float32
+ * little-endian cubes only (data type 4, byte order 0; interleave bsq when absent), for the C example;
+ * envi_header_parse_any / envi_header_read_any (libunmix's unmix_run_file) accept the data types
+ * 1, 2, 3, 4, 5, 12, 13, 14, 15 (uint8, int16, int32, float32, float64, uint16, uint32, int64, uint64),
+ * either byte order, and need interleave when bands > 1, as unmix.io.envi does.
  * Other keys are skipped; a {...} value may span lines. Every failure is one line naming the key.
  */
 #ifndef UNMIX_ENVI_HEADER_H
@@ -25,6 +29,8 @@ typedef struct envi_header {
     double ignore_value;
     unsigned char* good;   /* (bands,) 1 = kept; NULL when every band is kept */
     long good_bands;       /* bands kept (the cube's B) */
+    int data_type;         /* ENVI code: 4 = float32, ...; envi_header_value_bytes gives its size */
+    int byte_order;        /* 0 little-endian, 1 big-endian */
 } envi_header;
 
 /* Parses `length` bytes of header text. 0 on success (free with envi_header_free); otherwise -1 and a
@@ -33,6 +39,13 @@ int envi_header_parse(const char* text, size_t length, envi_header* out, char* e
 
 /* Reads and parses the file at path (at most 1 MiB). */
 int envi_header_read(const char* path, envi_header* out, char* error, size_t error_size);
+
+/* The same for any data type and byte order listed above. */
+int envi_header_parse_any(const char* text, size_t length, envi_header* out, char* error, size_t error_size);
+int envi_header_read_any(const char* path, envi_header* out, char* error, size_t error_size);
+
+/* Bytes per stored value of an ENVI data type code (0 for a code not read here). */
+int envi_header_value_bytes(int data_type);
 
 void envi_header_free(envi_header* header);
 

@@ -22,7 +22,7 @@
 extern "C" {
 #endif
 
-#define UNMIX_ABI_VERSION 2
+#define UNMIX_ABI_VERSION 3
 
 #if defined(_WIN32)
 #define UNMIX_API __declspec(dllexport)
@@ -67,6 +67,10 @@ UNMIX_API unmix_status unmix_run_ex(unmix_handle* handle, const float* cube_hwb,
                                     const float* endmembers_in_pb, float* abundances_hwp, float* endmembers_pb,
                                     float* rmse_hw, float* uncertainty_hw);
 
+/* Memory of unmix_run / unmix_run_ex: the caller's cube and outputs (the abundances buffer also holds
+ * the passes' intermediate abundances), plus T rows x W of blend sums and one tile's buffers; no copy of
+ * the cube and nothing else that grows with H or W. */
+
 /* Copies the manifest's endmembers (p, B) into endmembers_pb; count must be p * B. */
 UNMIX_API unmix_status unmix_model_endmembers(unmix_handle* handle, float* endmembers_pb, int64_t count);
 
@@ -78,6 +82,45 @@ UNMIX_API int unmix_tile_size(const unmix_handle* handle);       /* T, or -1 for
 UNMIX_API const char* unmix_last_error(const unmix_handle* handle);
 
 UNMIX_API void unmix_close(unmix_handle* handle);
+
+/* ---- whole scenes read row by row (ABI 3) ------------------------------------------------------------
+ * unmix_run_ex's flow and result (every round and pass; the same values bit for bit on the same backend
+ * and settings) without the cube in memory: the cube comes through a callback, a window of one row at a
+ * time, and is read again by every pass (about 2 + 2 * rounds times); the last pass's rows go to a
+ * callback as they finish, in row order. Between passes the (H, W, p) abundances stay in a scratch file in
+ * scratch_dir (created and unlinked at once, nothing left behind; positioned reads and writes, no
+ * mapping), or in memory when scratch_dir is NULL (H x W x p floats). Memory otherwise: T rows x W of
+ * blend sums (T the tile size), one tile's buffers and one row of outputs, whatever H.
+ *
+ *   reader: fills pixels col0 .. col0 + cols - 1 of cube row `row` (0-based) into pixels_cb, (cols, B)
+ *           float32, BIP: pixels_cb[j * B + b]. Windows are at most max(T, 256) pixels wide; a pixel with
+ *           any non-finite band is left out (NaN outputs). Returns 0, or anything else to stop the run
+ *           (UNMIX_ERROR_INPUT).
+ *   writer: takes finished row `row`: abundances (W, p), rmse (W), uncertainty (W; NaN unless samples > 1),
+ *           valid only during the call. Returns 0, or anything else to stop the run (UNMIX_ERROR_INPUT).
+ *
+ * endmembers_in_pb and endmembers_pb as in unmix_run_ex; endmembers_pb is written once every row is
+ * out. On an error, rows already written stay written. */
+typedef int (*unmix_row_reader)(void* user_data, int64_t row, int64_t col0, int64_t cols, float* pixels_cb);
+typedef int (*unmix_row_writer)(void* user_data, int64_t row, const float* abundances_wp, const float* rmse_w,
+                                const float* uncertainty_w);
+
+UNMIX_API unmix_status unmix_run_rows(unmix_handle* handle, int64_t H, int64_t W, int64_t B, unmix_row_reader reader,
+                                      void* reader_data, const float* endmembers_in_pb, unmix_row_writer writer,
+                                      void* writer_data, float* endmembers_pb, const char* scratch_dir);
+
+/* unmix_run_rows on an ENVI cube: header_path (X.hdr; the data in X, else X.img), interleave bsq, bil or
+ * bip, data type 1, 2, 3, 4, 5, 12, 13, 14 or 15 (uint8, int16, int32, float32, float64, uint16,
+ * uint32, int64, uint64), either byte order, header offset; values as unmix.read_cube gives them (data
+ * ignore value -> NaN, reflectance scale factor divided out, bands with bbl = 0 dropped). A bad header is
+ * UNMIX_ERROR_INPUT with one line naming the file and the key; a missing file UNMIX_ERROR_MISSING_INPUT. */
+UNMIX_API unmix_status unmix_run_file(unmix_handle* handle, const char* header_path, const float* endmembers_in_pb,
+                                      unmix_row_writer writer, void* writer_data, float* endmembers_pb,
+                                      const char* scratch_dir);
+
+/* The cube's H (lines), W (samples) and B (bands kept) from an ENVI header, checked as unmix_run_file
+ * checks it (its data file included); errors through unmix_last_error(NULL). */
+UNMIX_API unmix_status unmix_file_shape(const char* header_path, int64_t* H, int64_t* W, int64_t* B);
 
 /* ---- push-broom streaming (ABI 2) ---------------------------------------------------------------
  * Lines of W pixels go in one at a time, BIP within the line: line_wb[j * B + b] for pixel j, band b.

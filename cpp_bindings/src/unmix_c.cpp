@@ -10,6 +10,7 @@
 #include "../core/manifest.hpp"
 #include "../core/pipeline.hpp"
 #include "../core/stream.hpp"
+#include "scene_files.hpp"
 
 struct unmix_handle {
     unmix::Manifest manifest;
@@ -196,6 +197,53 @@ void run_checked(unmix_handle& h, const char* function, const float* cube, int64
                     uncertainty);
 }
 
+// unmix_run_rows's callbacks as the pipeline's source and sink.
+class ReaderCube : public unmix::CubeSource {
+public:
+    ReaderCube(const char* function, unmix_row_reader reader, void* data) : function_(function), reader_(reader), data_(data) {}
+    void read(int row, int col0, int cols, float* out) override {
+        const int rc = reader_(data_, row, col0, cols, out);
+        if (rc != 0)
+            throw unmix::InputError(std::string(function_) + ": the reader returned " + std::to_string(rc) + " for row " +
+                                    std::to_string(row) + ", columns " + std::to_string(col0) + ".." +
+                                    std::to_string(col0 + cols - 1));
+    }
+
+private:
+    const char* function_;
+    unmix_row_reader reader_;
+    void* data_;
+};
+
+class WriterSink : public unmix::RowSink {
+public:
+    WriterSink(const char* function, unmix_row_writer writer, void* data) : function_(function), writer_(writer), data_(data) {}
+    void write_row(int row, const float* abundances, const float* rmse, const float* uncertainty) override {
+        const int rc = writer_(data_, row, abundances, rmse, uncertainty);
+        if (rc != 0)
+            throw unmix::InputError(std::string(function_) + ": the writer returned " + std::to_string(rc) + " for row " +
+                                    std::to_string(row));
+    }
+
+private:
+    const char* function_;
+    unmix_row_writer writer_;
+    void* data_;
+};
+
+void run_rows_checked(unmix_handle& h, const char* function, unmix::CubeSource& cube, int64_t H, int64_t W, int64_t B,
+                      const float* endmembers_in, unmix_row_writer writer, void* writer_data, float* endmembers,
+                      const char* scratch_dir) {
+    if (!writer || !endmembers) throw unmix::UsageError(std::string(function) + ": writer or endmembers is NULL");
+    if (H < 1 || W < 1 || H > 1000000 || W > 1000000)
+        throw unmix::UsageError(std::string(function) + ": H and W must be in 1..1000000");
+    check_bands(h, B);
+    const float* start = endmembers_in ? endmembers_in : h.manifest.endmembers.data();
+    unmix::ScratchStore store(scratch_dir, static_cast<int>(H), static_cast<int>(W), h.p);
+    WriterSink sink(function, writer, writer_data);
+    h.pipeline->run_rows(cube, static_cast<int>(H), static_cast<int>(W), h.config, store, sink, endmembers, start);
+}
+
 }  // namespace
 
 extern "C" {
@@ -260,6 +308,42 @@ unmix_status unmix_run_ex(unmix_handle* handle, const float* cube_hwb, int64_t H
                 "unmix_run_ex: a buffer is NULL (cube, abundances, endmembers and rmse are required)");
         run_checked(*handle, "unmix_run_ex", cube_hwb, H, W, B, endmembers_in_pb, abundances_hwp, endmembers_pb, rmse_hw,
                     uncertainty_hw);
+    });
+}
+
+unmix_status unmix_run_rows(unmix_handle* handle, int64_t H, int64_t W, int64_t B, unmix_row_reader reader,
+                            void* reader_data, const float* endmembers_in_pb, unmix_row_writer writer, void* writer_data,
+                            float* endmembers_pb, const char* scratch_dir) {
+    if (!handle) return null_handle("unmix_run_rows");
+    return guarded(handle->error, [&] {
+        if (!reader) throw unmix::UsageError("unmix_run_rows: reader is NULL");
+        ReaderCube cube("unmix_run_rows", reader, reader_data);
+        run_rows_checked(*handle, "unmix_run_rows", cube, H, W, B, endmembers_in_pb, writer, writer_data, endmembers_pb,
+                         scratch_dir);
+    });
+}
+
+unmix_status unmix_run_file(unmix_handle* handle, const char* header_path, const float* endmembers_in_pb,
+                            unmix_row_writer writer, void* writer_data, float* endmembers_pb, const char* scratch_dir) {
+    if (!handle) return null_handle("unmix_run_file");
+    return guarded(handle->error, [&] {
+        if (!header_path || !*header_path) throw unmix::UsageError("unmix_run_file: header_path is NULL or empty");
+        unmix::EnviCube cube(header_path);
+        if (cube.bands() != handle->B)
+            throw unmix::InputError(std::string(header_path) + ": bands: the cube has " + std::to_string(cube.bands()) +
+                                    " bands (after bbl) but the model expects " + std::to_string(handle->B));
+        run_rows_checked(*handle, "unmix_run_file", cube, cube.lines(), cube.samples(), cube.bands(), endmembers_in_pb,
+                         writer, writer_data, endmembers_pb, scratch_dir);
+    });
+}
+
+unmix_status unmix_file_shape(const char* header_path, int64_t* H, int64_t* W, int64_t* B) {
+    return guarded(g_open_error, [&] {
+        if (!header_path || !H || !W || !B) throw unmix::UsageError("unmix_file_shape: an argument is NULL");
+        const unmix::EnviCube cube(header_path);
+        *H = cube.lines();
+        *W = cube.samples();
+        *B = cube.bands();
     });
 }
 

@@ -202,7 +202,7 @@ void test_capi_stream(const std::string& dir) {
     unmix_handle* h = nullptr;
     CHECK_MSG(unmix_open(dir.c_str(), "analytic", 1, &h) == UNMIX_OK, unmix_last_error(nullptr));
     if (!h) return;
-    CHECK(unmix_abi_version() == 2);
+    CHECK(unmix_abi_version() >= 2);  // the stream functions came with ABI 2
     const int H = 29, W = 10;
     const Scene s = make_scene(H, W, B, P, 3);
     std::vector<float> E(P * B), Eout(P * B), A(H * W * P), rmse(H * W), unc(H * W);

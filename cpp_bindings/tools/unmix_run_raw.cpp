@@ -1,12 +1,19 @@
-// unmix_run_raw MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [threads=N] [repeat=N] [fixed_endmembers=1] [name=value ...]
-// Reads an ENVI float32 cube (bsq, bil or bip; little-endian), unmixes it through the C ABI and writes
-// OUT_PREFIX.abundances.f32 (H, W, p), OUT_PREFIX.endmembers.f32 (p, B), OUT_PREFIX.rmse.f32 (H, W) and
-// OUT_PREFIX.uncertainty.f32 (H, W; NaN for one sample) as raw little-endian float32, and prints
-// "H W B p seconds" (the best of repeat=N runs, default 1). fixed_endmembers=1: the manifest's endmembers, kept fixed (refine_spectra = 0,
+// unmix_run_raw MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [--file] [scratch=DIR] [threads=N] [repeat=N]
+//               [fixed_endmembers=1] [name=value ...]
+// Unmixes an ENVI cube through the C ABI and writes OUT_PREFIX.abundances.f32 (H, W, p),
+// OUT_PREFIX.endmembers.f32 (p, B), OUT_PREFIX.rmse.f32 (H, W) and OUT_PREFIX.uncertainty.f32 (H, W; NaN
+// for one sample) as raw little-endian float32, and prints "H W B p seconds peak_rss_kib" (seconds: the
+// best of repeat=N runs, default 1; peak RSS: VmHWM of /proc/self/status at the end, -1 where unknown).
+// Default: the whole cube (float32, bsq / bil / bip, little-endian) is read into memory, row by row
+// into one buffer, and unmixed with unmix_run_ex. --file: unmix_run_file reads the cube (any type it
+// takes) row window by row window and its finished rows go straight to the output files; the passes'
+// abundances stay in a scratch file in DIR (scratch=DIR; default the output folder; scratch=memory keeps
+// them in memory). fixed_endmembers=1: the manifest's endmembers, kept fixed (refine_spectra = 0,
 // rounds = 1; what a stream gives). threads=N: the backend's threads (default: its own choice).
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -92,23 +99,29 @@ bool read_envi(const std::string& header, std::vector<float>& cube, long& H, lon
             return false;
         }
     }
-    raw.seekg(offset);
-    std::vector<float> file(static_cast<size_t>(H) * W * B);
-    raw.read(reinterpret_cast<char*>(file.data()), static_cast<std::streamsize>(file.size() * sizeof(float)));
+    // Row by row into the cube: the cube is the only scene-sized buffer (one row of the file besides).
+    cube.resize(static_cast<size_t>(H) * W * B);
+    std::vector<float> row(static_cast<size_t>(W) * B);
+    for (long r = 0; r < H && raw; ++r) {
+        float* out = cube.data() + static_cast<size_t>(r) * W * B;
+        if (interleave == "bip") {
+            raw.seekg(offset + static_cast<std::streamoff>(r) * W * B * 4);
+            raw.read(reinterpret_cast<char*>(out), static_cast<std::streamsize>(W * B * 4));
+            continue;
+        }
+        for (long b = 0; b < B && raw; ++b) {  // bil: band lines of row r; bsq: row r of each band
+            const std::streamoff at = interleave == "bil" ? (static_cast<std::streamoff>(r) * B + b) * W
+                                                          : (static_cast<std::streamoff>(b) * H + r) * W;
+            raw.seekg(offset + at * 4);
+            raw.read(reinterpret_cast<char*>(row.data() + static_cast<size_t>(b) * W), static_cast<std::streamsize>(W * 4));
+        }
+        for (long c = 0; c < W; ++c)
+            for (long b = 0; b < B; ++b) out[static_cast<size_t>(c) * B + b] = row[static_cast<size_t>(b) * W + c];
+    }
     if (!raw) {
         error = data + ": shorter than the header says";
         return false;
     }
-    cube.resize(file.size());
-    for (long r = 0; r < H; ++r)
-        for (long c = 0; c < W; ++c)
-            for (long b = 0; b < B; ++b) {
-                size_t src;
-                if (interleave == "bsq") src = (static_cast<size_t>(b) * H + r) * W + c;
-                else if (interleave == "bil") src = (static_cast<size_t>(r) * B + b) * W + c;
-                else src = (static_cast<size_t>(r) * W + c) * B + b;
-                cube[(static_cast<size_t>(r) * W + c) * B + b] = file[src];
-            }
     return true;
 }
 
@@ -118,29 +131,70 @@ bool write_raw(const std::string& path, const std::vector<float>& values) {
     return static_cast<bool>(out);
 }
 
+long peak_rss_kib() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line))
+        if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
+    return -1;
+}
+
+// --file: finished rows appended to the three output files.
+struct RowFiles {
+    std::FILE* abundances = nullptr;
+    std::FILE* rmse = nullptr;
+    std::FILE* uncertainty = nullptr;
+    long W = 0;
+    int p = 0;
+};
+
+int write_row(void* data, int64_t, const float* abundances, const float* rmse, const float* uncertainty) {
+    RowFiles& f = *static_cast<RowFiles*>(data);
+    const size_t W = static_cast<size_t>(f.W);
+    const bool ok = std::fwrite(abundances, sizeof(float), W * f.p, f.abundances) == W * f.p &&
+                    std::fwrite(rmse, sizeof(float), W, f.rmse) == W &&
+                    std::fwrite(uncertainty, sizeof(float), W, f.uncertainty) == W;
+    return ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc < 5) {
-        std::fprintf(stderr, "usage: %s MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [name=value ...]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL_DIR BACKEND CUBE.hdr OUT_PREFIX [--file] [scratch=DIR] [name=value ...]\n",
+                     argv[0]);
         return 2;
+    }
+    const std::string prefix = argv[4];
+    int threads = 0, repeat = 1;
+    bool fixed = false, from_file = false;
+    std::string scratch = prefix.find('/') == std::string::npos ? "." : prefix.substr(0, prefix.rfind('/'));
+    if (scratch.empty()) scratch = "/";
+    std::vector<std::string> settings;
+    for (int i = 5; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--file") from_file = true;
+        else if (arg.rfind("scratch=", 0) == 0) scratch = arg.substr(8);
+        else if (arg.rfind("threads=", 0) == 0) threads = std::atoi(arg.c_str() + 8);
+        else if (arg.rfind("repeat=", 0) == 0) repeat = std::max(1, std::atoi(arg.c_str() + 7));
+        else if (arg.rfind("fixed_endmembers=", 0) == 0) fixed = std::atoi(arg.c_str() + 17) != 0;
+        else settings.push_back(arg);
     }
     std::vector<float> cube;
     long H = 0, W = 0, B = 0;
     std::string error;
-    if (!read_envi(argv[3], cube, H, W, B, error)) {
+    if (from_file) {
+        int64_t h = 0, w = 0, b = 0;
+        if (unmix_file_shape(argv[3], &h, &w, &b) != UNMIX_OK) {
+            std::fprintf(stderr, "error: %s\n", unmix_last_error(nullptr));
+            return 3;
+        }
+        H = static_cast<long>(h);
+        W = static_cast<long>(w);
+        B = static_cast<long>(b);
+    } else if (!read_envi(argv[3], cube, H, W, B, error)) {
         std::fprintf(stderr, "error: %s\n", error.c_str());
         return 3;
-    }
-    int threads = 0, repeat = 1;
-    bool fixed = false;
-    std::vector<std::string> settings;
-    for (int i = 5; i < argc; ++i) {
-        const std::string arg = argv[i];
-        if (arg.rfind("threads=", 0) == 0) threads = std::atoi(arg.c_str() + 8);
-        else if (arg.rfind("repeat=", 0) == 0) repeat = std::max(1, std::atoi(arg.c_str() + 7));
-        else if (arg.rfind("fixed_endmembers=", 0) == 0) fixed = std::atoi(arg.c_str() + 17) != 0;
-        else settings.push_back(arg);
     }
     if (fixed) {
         settings.insert(settings.begin(), "rounds=1");
@@ -160,19 +214,41 @@ int main(int argc, char** argv) {
         }
     }
     const int p = unmix_endmember_count(h);
-    std::vector<float> A(static_cast<size_t>(H) * W * p), E(static_cast<size_t>(p) * B), rmse(static_cast<size_t>(H) * W);
-    std::vector<float> uncertainty(static_cast<size_t>(H) * W), given(static_cast<size_t>(p) * B);
+    std::vector<float> E(static_cast<size_t>(p) * B), given(static_cast<size_t>(p) * B);
     if (fixed && unmix_model_endmembers(h, given.data(), static_cast<int64_t>(given.size())) != UNMIX_OK) {
         std::fprintf(stderr, "error: %s\n", unmix_last_error(h));
         unmix_close(h);
         return 5;
     }
+    std::vector<float> A, rmse, uncertainty;
+    if (!from_file) {
+        A.resize(static_cast<size_t>(H) * W * p);
+        rmse.resize(static_cast<size_t>(H) * W);
+        uncertainty.resize(static_cast<size_t>(H) * W);
+    }
     unmix_status status = UNMIX_OK;
     double seconds = 0.0;
+    bool written = true;
     for (int run = 0; run < repeat && status == UNMIX_OK; ++run) {
         const auto start = std::chrono::steady_clock::now();
-        status = unmix_run_ex(h, cube.data(), H, W, B, fixed ? given.data() : nullptr, A.data(), E.data(), rmse.data(),
-                              uncertainty.data());
+        if (from_file) {
+            RowFiles files;
+            files.W = W;
+            files.p = p;
+            files.abundances = std::fopen((prefix + ".abundances.f32").c_str(), "wb");
+            files.rmse = std::fopen((prefix + ".rmse.f32").c_str(), "wb");
+            files.uncertainty = std::fopen((prefix + ".uncertainty.f32").c_str(), "wb");
+            if (files.abundances && files.rmse && files.uncertainty)
+                status = unmix_run_file(h, argv[3], fixed ? given.data() : nullptr, write_row, &files, E.data(),
+                                        scratch == "memory" ? nullptr : scratch.c_str());
+            else
+                written = false;
+            for (std::FILE* f : {files.abundances, files.rmse, files.uncertainty})
+                if (f && std::fclose(f) != 0) written = false;
+        } else {
+            status = unmix_run_ex(h, cube.data(), H, W, B, fixed ? given.data() : nullptr, A.data(), E.data(), rmse.data(),
+                                  uncertainty.data());
+        }
         const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         seconds = run == 0 ? took : std::min(seconds, took);
     }
@@ -182,12 +258,13 @@ int main(int argc, char** argv) {
         return 5;
     }
     unmix_close(h);
-    const std::string prefix = argv[4];
-    if (!write_raw(prefix + ".abundances.f32", A) || !write_raw(prefix + ".endmembers.f32", E) ||
-        !write_raw(prefix + ".rmse.f32", rmse) || !write_raw(prefix + ".uncertainty.f32", uncertainty)) {
+    if (!from_file)
+        written = write_raw(prefix + ".abundances.f32", A) && write_raw(prefix + ".rmse.f32", rmse) &&
+                  write_raw(prefix + ".uncertainty.f32", uncertainty);
+    if (!written || !write_raw(prefix + ".endmembers.f32", E)) {
         std::fprintf(stderr, "error: cannot write %s.*.f32\n", prefix.c_str());
         return 6;
     }
-    std::printf("%ld %ld %ld %d %.4f\n", H, W, B, p, seconds);
+    std::printf("%ld %ld %ld %d %.4f %ld\n", H, W, B, p, seconds, peak_rss_kib());
     return 0;
 }
