@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.readme import update_readme  # noqa: E402
 
+from unmix.errors import UnmixError  # noqa: E402
 from unmix.io.benchmarks import load_benchmark  # noqa: E402
 from unmix.io.libraries import load_earthlib  # noqa: E402
 from unmix.io.synthetic import synthetic_scene  # noqa: E402
@@ -433,6 +434,105 @@ def evaluate_checkpoint(key: str, scene, trained: Trained, seed: int, device: st
     return out
 
 
+#: The reduced precisions tried on each backend, each against that backend's fp32 run of the same model.
+PRECISION_RUNS = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
+                  ("openvino", "int8"))
+#: A precision may become a backend's default only within these of fp32 on every quick dataset.
+PRECISION_RULE = {"abundance_rmse": 0.002, "sad_degrees": 0.1}
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def precision_check(key: str, scene, trained: Trained, seed: int, log: Callable[[str], None] = print) -> dict:
+    """The exported model (fp32 and its int8 variants, calibrated on this scene) run by ``unmix.runtime``
+    at each precision of :data:`PRECISION_RUNS`; SAD and aRMSE and their change from the same backend's
+    fp32 run."""
+    from unmix.export import export
+    from unmix.runtime.backends import available_backends
+    from unmix.runtime.unmixer import Unmixer
+
+    model = trained.checkpoint.parent / "model-precisions"
+    started = time.perf_counter()
+    export(trained.checkpoint, model, check=False, int8=True, calibration=scene)
+    export_s = time.perf_counter() - started
+    installed = set(available_backends())
+    rows, base = [], {}
+    for backend, precision in PRECISION_RUNS:
+        if backend not in installed:
+            continue
+        try:
+            unmixer = Unmixer.load(model, backend=backend, threads=_torch_threads(), precision=precision)
+        except UnmixError as exc:                 # e.g. no bf16 arithmetic on this CPU
+            rows.append({"backend": backend, "precision": precision, "skipped": str(exc)})
+            log(f"  precision {backend} {precision}: skipped ({exc})")
+            continue
+        start = time.perf_counter()
+        result = unmixer.run(scene, seed=seed)
+        seconds = time.perf_counter() - start
+        report = _brief(_score(np.asarray(result.abundances), result.endmembers, scene, scene.read()))
+        row = {"backend": backend, "precision": precision, "seconds": seconds, **report}
+        if precision == "fp32":
+            base[backend] = row
+        else:
+            row["delta_abundance_rmse"] = row["abundance_rmse"] - base[backend]["abundance_rmse"]
+            row["delta_sad_degrees"] = row["sad_degrees"] - base[backend]["sad_degrees"]
+            row["max_abs_abundance_change"] = float(np.nanmax(np.abs(np.asarray(result.abundances) - base[backend]["_a"])))
+            row["within_rule"] = (abs(row["delta_abundance_rmse"]) <= PRECISION_RULE["abundance_rmse"]
+                                  and abs(row["delta_sad_degrees"]) <= PRECISION_RULE["sad_degrees"])
+        row["_a"] = np.asarray(result.abundances)
+        rows.append(row)
+        log(f"  precision {backend} {precision}: SAD {row['sad_degrees']:.3f}° aRMSE {row['abundance_rmse']:.4f} "
+            f"({seconds:.1f} s)" + (f", Δ aRMSE {row['delta_abundance_rmse']:+.4f} Δ SAD {row['delta_sad_degrees']:+.3f}°"
+                                   if precision != "fp32" else ""))
+    for row in rows:
+        row.pop("_a", None)
+    return {"model": str(model.relative_to(ROOT)), "export_s": export_s, "rows": rows}
+
+
+def precision_verdicts(results: dict) -> dict:
+    """Per backend and reduced precision: within :data:`PRECISION_RULE` on every dataset run?"""
+    verdicts: dict[str, dict] = {}
+    for key, entry in results["datasets"].items():
+        for row in entry.get("precision", {}).get("rows", []):
+            if row["precision"] == "fp32" or "skipped" in row:
+                continue
+            name = f"{row['backend']} {row['precision']}"
+            verdict = verdicts.setdefault(name, {"datasets": [], "within_rule": True})
+            verdict["datasets"].append(key)
+            verdict["within_rule"] = verdict["within_rule"] and row["within_rule"]
+    return verdicts
+
+
+def precision_markdown(results: dict) -> str:
+    rule = PRECISION_RULE
+    lines = [f"Each precision against the same backend's fp32 run of the same exported model (rule for a default: "
+             f"|Δ aRMSE| ≤ {rule['abundance_rmse']} and |Δ SAD| ≤ {rule['sad_degrees']}° on every dataset). "
+             "Times are one run on a shared machine.", "",
+             "| dataset | backend | precision | SAD (°) | aRMSE | Δ SAD (°) | Δ aRMSE | max abs change of A | s | within rule |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, entry in results["datasets"].items():
+        for row in entry.get("precision", {}).get("rows", []):
+            if "skipped" in row:
+                lines.append(f"| {key} | {row['backend']} | {row['precision']} | skipped: {row['skipped']} |||||||")
+                continue
+            reduced = row["precision"] != "fp32"
+            lines.append(f"| {key} | {row['backend']} | {row['precision']} | {row['sad_degrees']:.3f} | "
+                         f"{row['abundance_rmse']:.4f} | "
+                         + (f"{row['delta_sad_degrees']:+.3f} | {row['delta_abundance_rmse']:+.4f} | "
+                            f"{row['max_abs_abundance_change']:.4f} | " if reduced else "– | – | – | ")
+                         + f"{row['seconds']:.1f} | " + (("yes" if row["within_rule"] else "**no**") if reduced else "–")
+                         + " |")
+    verdicts = precision_verdicts(results)
+    if verdicts:
+        lines += ["", "Verdict: " + "; ".join(f"{name}: {'may be a default' if v['within_rule'] else 'stays opt-in'} "
+                                            f"({', '.join(v['datasets'])})" for name, v in verdicts.items()) + "."]
+    return "\n".join(lines)
+
+
 def uncertainty_check(scene, networks, schedule, inference: dict, seed: int, eta: float, samples: int,
                       endmembers=None, spread=None, noise_std=None) -> dict:
     """Stochastic DDIM (``eta``) over ``samples`` samples against the exact truth, with the uncertainty
@@ -476,7 +576,7 @@ def uncertainty_check(scene, networks, schedule, inference: dict, seed: int, eta
 
 
 def run_learnt(key: str, seeds: int, preset: str, reuse: bool, device: str | None,
-               log: Callable[[str], None]) -> dict:
+               log: Callable[[str], None], precisions: bool = True) -> dict:
     label, build, truth_note = DATASETS[key]
     scene = build()
     alternate = DATASETS["samson_zhu"][1]() if key == "samson" else None
@@ -486,6 +586,8 @@ def run_learnt(key: str, seeds: int, preset: str, reuse: bool, device: str | Non
         trained = train(key, scene, preset, seed, reuse=reuse, device=device, log=log)
         run = evaluate_checkpoint(key, scene, trained, seed, device=device, alternate=alternate,
                                   uncertainty=key in UNCERTAINTY_DATASETS and seed == 0, log=log)
+        if seed == 0 and precisions:
+            run["precision"] = precision_check(key, scene, trained, seed, log=log)
         runs.append(run)
         brief = {m: f"SAD {r['sad_degrees_mean']:.2f}° aRMSE {r['abundance_rmse']:.4f}"
                  for m, r in run["reports"].items()}
@@ -509,6 +611,8 @@ def run_learnt(key: str, seeds: int, preset: str, reuse: bool, device: str | Non
                             for name in runs[0]["diagnostics"]}
     if "uncertainty" in runs[0]:
         entry["uncertainty"] = runs[0]["uncertainty"]
+    if "precision" in runs[0]:
+        entry["precision"] = runs[0]["precision"]
     return entry
 
 
@@ -687,6 +791,8 @@ def full_markdown(results: dict) -> str:
     uncertainty = uncertainty_markdown(results)
     if uncertainty:
         parts += ["", "## Uncertainty (stochastic DDIM and propagated endmember spread)", "", uncertainty]
+    if any("precision" in entry for entry in results["datasets"].values()):
+        parts += ["", "## Reduced precision (exported model, unmix.runtime, seed 0)", "", precision_markdown(results)]
     if "split_scene" in results:
         from benchmarks.split_scene import to_markdown as split_markdown
 
@@ -736,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README's tables")
+    parser.add_argument("--no-precisions", action="store_true",
+                        help="skip the reduced-precision runs (export with int8, then fp32/bf16/int8 per backend)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite results/accuracy.md and README's table from results/accuracy.json (no run)")
     args = parser.parse_args(argv)
@@ -799,7 +907,8 @@ def main(argv: list[str] | None = None) -> int:
         if key not in TRAINED:
             continue
         start = time.perf_counter()
-        results["datasets"][key] = run_learnt(key, seeds, args.preset, args.reuse, args.device, log)
+        results["datasets"][key] = run_learnt(key, seeds, args.preset, args.reuse, args.device, log,
+                                              precisions=not args.no_precisions)
         log(f"{key}: learnt methods done in {time.perf_counter() - start:.0f} s")
     if not args.quick and args.datasets is None:
         # Train once, run on new cubes: the split-scene rows (benchmarks/split_scene.py), one seed.
@@ -808,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         results["split_scene"] = run_split(1, args.preset)
         log(f"split scene done in {time.perf_counter() - start:.0f} s")
+    results["precision_verdicts"] = precision_verdicts(results)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["total_s"] = time.perf_counter() - started
     (RESULTS / f"accuracy{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")

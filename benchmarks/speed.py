@@ -105,6 +105,7 @@ def main() -> None:
         results.update(run.models())
         results["peak"] = run.peak()
         results["pipeline"] = run.pipeline()
+        results["precisions"] = run.precisions()
         results["networks"] = run.networks()
         results["steps"] = run.steps()
         results["sizes"] = run.sizes()

@@ -45,4 +45,11 @@ def peak_flops(threads: int, sizes: tuple[int, ...] = PEAK_SIZES, repeat: int = 
         found[f"{library}_flops_per_s"] = max(rates) if rates else None
     found["peak_flops_per_s"] = max(v for k, v in found.items() if k.endswith("_flops_per_s") and v)
     found["size"] = max(found["by_size"], key=lambda k: max(v for v in found["by_size"][k].values() if v))
+    if torch is not None:  # bfloat16 products (AVX-512 BF16 or AMX where the CPU has them), beside fp32's peak
+        rates = {}
+        for size in sizes:
+            x = torch.rand(size, size, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+            y = torch.rand(size, size, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+            rates[str(size)] = best_rate(lambda: torch.mm(x, y), 2.0 * size ** 3)
+        found["bf16"] = {"torch_by_size": rates, "peak": max(rates.values())}
     return found

@@ -29,7 +29,8 @@ FEW_STEPS = {
 
 
 def train_and_export(folder: Path, bands: int, preset: str, log) -> tuple[Path, Path, dict]:
-    """(checkpoint dir, model dir, facts): a few training steps at ``preset``'s sizes, fp32 export."""
+    """(checkpoint dir, model dir, facts): a few training steps at ``preset``'s sizes, fp32 export with
+    int8 variants calibrated on the training scene."""
     from unmix.export import export
     from unmix.train.config import resolve_config
     from unmix.train.trainer import fit
@@ -37,10 +38,10 @@ def train_and_export(folder: Path, bands: int, preset: str, log) -> tuple[Path, 
     config = resolve_config(preset, overrides=FEW_STEPS)
     checkpoint, model = folder / f"checkpoint_{preset}{bands}", folder / f"model_{preset}{bands}"
     started = time.perf_counter()
-    fit(synthetic_scene(64, bands, seed=11), ENDMEMBERS, config=config, out=checkpoint, progress=False,
-        log=lambda message: None)
+    scene = synthetic_scene(64, bands, seed=11)
+    fit(scene, ENDMEMBERS, config=config, out=checkpoint, progress=False, log=lambda message: None)
     trained = time.perf_counter()
-    export(checkpoint, model, fp16=False, tile=TILE)
+    export(checkpoint, model, fp16=False, tile=TILE, int8=True, calibration=scene)
     log(f"{preset} {bands}-band model: trained in {trained - started:.0f} s, exported in "
         f"{time.perf_counter() - trained:.0f} s")
     data = config.to_dict()
@@ -54,7 +55,8 @@ def train_and_export(folder: Path, bands: int, preset: str, log) -> tuple[Path, 
 
 def open_backend(name: str, checkpoint: Path, model: Path, threads: int):
     """(networks, schedule, PipelineConfig, manifest endmembers) for ``onnxruntime``, ``openvino`` or
-    ``torch`` (the checkpoint's eager modules); every backend gets the manifest's endmembers as E0."""
+    ``torch`` (the checkpoint's eager modules), or ``backend:precision`` (``openvino:bf16``,
+    ``onnxruntime:int8``, ...); every backend gets the manifest's endmembers as E0."""
     from unmix.diffusion.schedule import Schedule
     from unmix.runtime.manifest import load_manifest
     from unmix.runtime.pipeline import PipelineConfig
@@ -72,7 +74,8 @@ def open_backend(name: str, checkpoint: Path, model: Path, threads: int):
         return networks, Schedule.from_config(config["schedule"]), settings, endmembers
     from unmix.runtime.unmixer import Unmixer
 
-    unmixer = Unmixer.load(model, backend=name, threads=threads)
+    backend, _, precision = name.partition(":")
+    unmixer = Unmixer.load(model, backend=backend, threads=threads, precision=precision or None)
     return unmixer.networks, unmixer.schedule, unmixer.settings(), endmembers
 
 

@@ -191,6 +191,21 @@ def markdown(results: dict) -> str:
     vf = results["vca_fcls"]
     lines.append(f"| VCA + FCLS (numpy) | {vf['px_per_s']:,.0f} | {vf['total_s']:.2f} | – | – | – | – | – | "
                  f"{vf['px_per_s'] / pipe['backends']['torch']['px_per_s']:.2f}x |")
+    precisions = results.get("precisions")
+    if precisions:
+        bf16 = results["peak"].get("bf16", {}).get("peak")
+        lines += ["", f"Precision (the same model and {H}² cube, best of {pipe['repeat']} runs each, in turns; px/s "
+                      f"scaled to a 205 GFLOP/s fp32 peak = px/s x 205 / {peak / 1e9:,.0f}; bf16 matmul peak measured "
+                      f"here: {fmt(bf16 and bf16 / 1e9)} GFLOP/s):", "",
+                  "| backend:precision | px/s | px/s scaled to 205 GFLOP/s | total s | HybridSTU ms/call | 2D step ms/call |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, entry in precisions["rows"].items():
+            calls = entry["per_call_ms"]
+            lines.append(f"| {name if ':' in name else name + ':fp32'} | {entry['px_per_s']:,.0f} | "
+                         f"{entry['px_per_s_scaled_to_205_gflops']:,.0f} | {entry['best_total_s']:.2f} | "
+                         f"{fmt(calls.get('hybridstu'), '.1f')} | {fmt(calls.get('abundance_step'), '.1f')} |")
+        for name, why in precisions.get("skipped", {}).items():
+            lines.append(f"| {name} | skipped: {why} | – | – | – | – |")
     lines += ["", "Each network alone (ms per call; GFLOP/s; % of peak):", "",
               "| network | " + " | ".join(results["networks"]["timed_model"]) + " |",
               "|---|" + "---:|" * len(results["networks"]["timed_model"])]

@@ -21,6 +21,8 @@ from .workers import run_child, trained
 
 #: The Python backends timed on every step (eager torch is the reference of ``vs_torch``).
 BACKENDS = ("onnxruntime", "openvino", "torch")
+#: The fp32 peak that px/s figures are scaled to (GFLOP/s x 1e9): the reference machine's measured peak.
+REFERENCE_PEAK = 205e9
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,33 @@ class SpeedRun:
             cpp_entry["vs_torch"] = cpp_entry["px_per_s"] / torch_rate
             found["cpp_vs_python_openvino"] = cpp_entry["px_per_s"] / backends["openvino"]["px_per_s"]
         return found
+
+    def precisions(self) -> dict:
+        """4b. The pipeline at reduced precision (bf16 on OpenVINO, the int8 graphs on both backends), in
+        turns with fp32 on both backends again, ``repeat`` rounds; px/s also scaled to a 205 GFLOP/s fp32
+        peak (px/s x 205e9 / the measured fp32 peak) so that runs on machines of different speed compare."""
+        plan, model, threads, size = self.plan, self.timed, self.plan.threads, self.plan.size
+        import openvino
+
+        names = ["onnxruntime", "openvino", "openvino:bf16", "onnxruntime:int8", "openvino:int8"]
+        skipped = {}
+        if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            names.remove("openvino:bf16")
+            skipped["openvino:bf16"] = "the CPU reports no BF16 capability to OpenVINO"
+
+        def run(name: str) -> dict:
+            return run_child("pipeline", name, model.checkpoint, model.directory, size, threads, 1, "-", "-",
+                             threads=threads)
+
+        rows = round_robin(names, plan.repeat, run, self.log, "precisions")
+        for entry in rows.values():
+            entry.pop("settings", None)
+            entry["px_per_s_scaled_to_205_gflops"] = entry["px_per_s"] * REFERENCE_PEAK / self.peak_rate
+        best = max(rows, key=lambda n: rows[n]["px_per_s"])
+        return {"cube": [size, size, BANDS], "reference_peak_flops_per_s": REFERENCE_PEAK, "skipped": skipped,
+                "measured_fp32_peak_flops_per_s": self.peak_rate, "rows": rows, "best": best,
+                "best_px_per_s": rows[best]["px_per_s"],
+                "best_px_per_s_scaled_to_205_gflops": rows[best]["px_per_s_scaled_to_205_gflops"]}
 
     def _networks_alone(self, backend: str, model: Model) -> dict:
         return run_child("networks", backend, model.checkpoint, model.directory, self.plan.threads, self.plan.calls,

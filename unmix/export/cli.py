@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from unmix import __version__
-from unmix.errors import report_errors
+from unmix.errors import UsageError, report_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,6 +18,12 @@ from unmix.errors import report_errors
               help="Model folder to write. [default: CHECKPOINT/model]")
 @click.option("--fp16", is_flag=True, help="Mixed precision: fp16 weights and activations; timestep embedding, "
                                           "norm statistics, softmax and the DDIM update stay float32.")
+@click.option("--int8", is_flag=True,
+              help="Also write int8 graphs (post-training static quantisation of the convolutions with ONNX "
+                   "Runtime's quantiser, calibrated on the fp32 pipeline's inputs over the training scene); "
+                   "run them with unmix-run --precision int8.")
+@click.option("--calibration", default=None, metavar="CUBE",
+              help="The cube --int8 calibrates on: an ENVI file or a benchmark name. [default: the training scene]")
 @click.option("--tile", type=click.IntRange(min=8), default=64, show_default=True,
               help="Static tile size (pixels) of the exported networks.")
 @click.option("--check/--no-check", default=True, show_default=True,
@@ -32,7 +38,7 @@ from unmix.errors import report_errors
               help="TensorRT builder workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
 @report_errors("unmix-export", extra="export")
-def main(checkpoint, out, fp16, tile, check, quiet, engines, workspace_mb, as_json):
+def main(checkpoint, out, fp16, int8, calibration, tile, check, quiet, engines, workspace_mb, as_json):
     """Export the networks of CHECKPOINT (written by unmix-train) to ONNX with a manifest.
 
     HybridSTU is exported as is; each diffusion network is exported as one fused DDIM step (network,
@@ -47,7 +53,10 @@ def main(checkpoint, out, fp16, tile, check, quiet, engines, workspace_mb, as_js
         if not quiet:
             print(f"unmix-export: {message}", file=sys.stderr)
 
-    manifest = export(checkpoint, out, fp16=fp16, tile=tile, check=check, progress=say)
+    if calibration is not None and not int8:
+        raise UsageError("--calibration is for --int8: add --int8, or leave --calibration out")
+    manifest = export(checkpoint, out, fp16=fp16, tile=tile, check=check, progress=say, int8=int8,
+                      calibration=calibration)
     if engines or fp16:
         engines_step(out, required=engines, check=check, workspace_mb=workspace_mb, progress=say)
     print(f"unmix-export: {checkpoint} -> {out}", file=sys.stderr)

@@ -463,9 +463,32 @@ def _io_list(specs: Mapping[str, TensorSpec]) -> list[dict[str, Any]]:
     return [{"name": name, **spec.to_dict()} for name, spec in specs.items()]
 
 
+def _calibration_scene(calibration: Any, config: Mapping[str, Any], checkpoint_dir: Path):
+    """The Scene int8 graphs are calibrated on: ``calibration``, else the checkpoint's training scene."""
+    from unmix.io.scene import Scene
+    from unmix.io.sources import open_cube as load_scene
+
+    if isinstance(calibration, Scene):
+        return calibration
+    if calibration is None:
+        scene = config.get("scene") if isinstance(config.get("scene"), Mapping) else {}
+        candidates = [c for c in (scene.get("source"), scene.get("name")) if isinstance(c, str) and c]
+        problems = []
+        for candidate in candidates:               # the path it was read from, else its (benchmark) name
+            try:
+                return load_scene(candidate)
+            except UnmixError as exc:
+                problems.append(f"{candidate!r}: {exc}")
+        raise UsageError(f"{checkpoint_dir}: the training scene cannot be read for int8 calibration "
+                         f"({'; '.join(problems) or 'the checkpoint does not say where it is'}); "
+                         "give a calibration cube: unmix-export --int8 --calibration CUBE")
+    return load_scene(calibration)
+
+
 def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: bool = False, tile: int = 64,
            check: bool = True, progress: Callable[[str], None] | None = None, *,
-           fp32_tolerance: float = FP32_TOLERANCE, fp16_tolerance: float = FP16_TOLERANCE) -> dict[str, Any]:
+           fp32_tolerance: float = FP32_TOLERANCE, fp16_tolerance: float = FP16_TOLERANCE,
+           int8: bool = False, calibration: Any = None) -> dict[str, Any]:
     """Export a checkpoint's three networks to ONNX in ``out_dir`` and write ``manifest.json``.
 
     Args:
@@ -478,6 +501,10 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
         check: run the parity checks (fp32 against torch, fp16 against fp32) and record the figures.
         progress: called with one line per stage.
         fp32_tolerance, fp16_tolerance: max abs differences allowed by the checks.
+        int8: also write each network's int8 variant (``<name>.int8.onnx``, :mod:`unmix.export.quantize`),
+            named in the manifest under ``variants.int8`` with its calibration and its difference from fp32.
+        calibration: the scene the int8 graphs are calibrated on (a Scene, an ENVI path or a benchmark
+            name); None: the checkpoint's training scene (``scene.source`` of its config).
 
     Returns:
         The manifest document (as written to ``out_dir/manifest.json``).
@@ -493,6 +520,8 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
 
     if not isinstance(fp16, bool):
         raise UsageError(f"fp16 must be True or False, got {fp16!r}")
+    if not isinstance(int8, bool):
+        raise UsageError(f"int8 must be True or False, got {int8!r}")
     for value, label in ((fp32_tolerance, "fp32_tolerance"), (fp16_tolerance, "fp16_tolerance")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise UsageError(f"{label} must be a positive number, got {value!r}")
@@ -500,6 +529,7 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
     started = time.perf_counter()
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     models, config = load_checkpoint(checkpoint_dir)
+    calibration_scene = _calibration_scene(calibration, config, checkpoint_dir) if int8 else None
     contracts = export_contracts(models, config, tile=tile)
     bands = contracts["hybridstu"].inputs["cube"].shape[1]
     p = contracts["hybridstu"].outputs["abundances"].shape[1]
@@ -574,11 +604,27 @@ def export(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, fp16: 
                 os.replace(path, out_dir / file)
         document = manifest_document(entries)
         write_manifest(out_dir, document)
+        if int8:                                   # the fp32 model stands; its int8 variants are added to it
+            from unmix.export.quantize import calibration_feeds, describe, quantize_graph
+
+            say(f"int8: calibrating on {calibration_scene.name} (the fp32 pipeline's network inputs)")
+            feeds = calibration_feeds(out_dir, calibration_scene)
+            for name, contract in contracts.items():
+                file = f"{name}.int8.onnx"
+                fp32_file = entries[name].get("reference", {}).get("file") or entries[name]["file"]
+                record = quantize_graph(out_dir / fp32_file, staging / file, feeds[name], list(contract.outputs))
+                os.replace(staging / file, out_dir / file)
+                located[file] = out_dir / file
+                entries[name]["variants"] = {"int8": {"file": file, "sha256": file_sha256(out_dir / file),
+                                                      "precision": "int8", **record}}
+                say(f"{name} (int8): quantised in {record['quantize_s']:.1f} s, {describe(record)}")
+            document = manifest_document(entries)
+            write_manifest(out_dir, document)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     referenced = set(located)
     for name in NETWORK_NAMES:                     # graphs of an earlier export that this one no longer names
-        for stale in (f"{name}.onnx", f"{name}.fp16.onnx"):
+        for stale in (f"{name}.onnx", f"{name}.fp16.onnx", f"{name}.int8.onnx"):
             if stale not in referenced and (out_dir / stale).is_file():
                 (out_dir / stale).unlink()
     say(f"manifest written to {out_dir / MANIFEST_NAME} ({time.perf_counter() - started:.1f} s in all)")

@@ -25,7 +25,7 @@ import numpy as np
 from unmix import __version__
 from unmix import __version__
 from unmix.errors import InputError, MissingInputError, OutputError, UnmixError, UsageError, first_line, report_errors
-from unmix.runtime.backends import BACKENDS
+from unmix.runtime.backends import BACKENDS, RUN_PRECISIONS, check_precision
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -90,7 +90,7 @@ def _reestimate_sample(value: str | None) -> int | None:
 
 
 def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None, overrides: dict[str, Any],
-             plot: bool, progress: bool) -> dict[str, Any]:
+             plot: bool, progress: bool, precision: str | None = None) -> dict[str, Any]:
     """Unmix one cube and write its bundle; returns the run summary (or the error) as a dict."""
     from unmix.io.sources import open_cube
     from unmix.runtime.bundle import write_bundle
@@ -98,9 +98,9 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
     from unmix.runtime.workspace import map_workspace
 
     try:
-        key = (model, backend, threads)
+        key = (model, backend, threads, precision)
         if _WORKER.get("key") != key:
-            _WORKER["unmixer"] = Unmixer.load(model, backend=backend, threads=threads)
+            _WORKER["unmixer"] = Unmixer.load(model, backend=backend, threads=threads, precision=precision)
             _WORKER["key"] = key
         unmixer = _WORKER["unmixer"]
         path = Path(cube)
@@ -123,6 +123,7 @@ def _run_one(cube: str, model: str, out: str, backend: str, threads: int | None,
                 "model": {"path": str(manifest.model_dir),
                           "networks": {name: entry.sha256 for name, entry in manifest.networks.items()}},
                 "backend": backend,
+                "precision": unmixer.precision,
                 "versions": {"unmix": __version__, "numpy": np.__version__, **_backend_versions(backend)},
                 "wall_s": time.perf_counter() - started,
             }
@@ -252,6 +253,10 @@ def _backend_versions(backend: str) -> dict[str, str]:
                    + ". [default: the first of them that is installed]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads per cube. [default: the backend's own (all cores); 1 per Ray task]")
+@click.option("--precision", type=click.Choice(list(RUN_PRECISIONS)), default=None,
+              help="Arithmetic: fp32; fp16 (a model exported with --fp16); bf16 (the fp32 graphs in bfloat16, "
+                   "openvino on CPUs with AVX-512 BF16 or AMX); int8 (a model exported with --int8). "
+                   "run.json records it. [default: the model's graphs (fp32, or fp16 for an --fp16 export)]")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps K (default: the model's).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Stochastic samples S; S > 1 adds their spread to the uncertainty map (use with --eta > 0), "
@@ -278,7 +283,7 @@ def _backend_versions(backend: str) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @report_errors("unmix-run")
-def main(cubes, model, out, backend, threads, steps, samples, eta, seed, reestimate, jobs, ray_address, no_quicklook,
+def main(cubes, model, out, backend, threads, precision, steps, samples, eta, seed, reestimate, jobs, ray_address, no_quicklook,
          as_json, quiet):
     """Unmix CUBES with an exported model and write one output bundle per cube.
 
@@ -307,11 +312,12 @@ def main(cubes, model, out, backend, threads, steps, samples, eta, seed, reestim
     _check_output_folder(Path(out))  # an unusable --out is refused before any work
     load_manifest(model)  # refuse a bad model folder once, before any cube
     backend = backend or _default_backend()
+    check_precision(backend, precision)  # one line before any work
     overrides = {"steps": steps, "samples": samples, "eta": eta, "seed": seed, "reestimate": reestimate}
     if ray_address is not None:
         threads = threads or 1
     args = [(str(c), str(model), str(out), backend, threads, overrides, not no_quicklook,
-             not quiet and jobs == 1 and ray_address is None) for c in cubes]
+             not quiet and jobs == 1 and ray_address is None, precision) for c in cubes]
     if ray_address is not None:
         reports = _run_on_ray(args, ray_address.strip(), jobs, threads)
     elif jobs > 1 and len(cubes) > 1:

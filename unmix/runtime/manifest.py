@@ -13,6 +13,8 @@
           "inputs":  [{"name": "cube", "shape": [1, 188, 64, 64], "dtype": "float32"}, ...],
           "outputs": [{"name": "abundances", "shape": [1, 4, 64, 64], "dtype": "float32"}],
           "reference": {"file": "hybridstu.onnx", "sha256": "...", "precision": "fp32"},   # optional
+          "variants": {"int8": {"file": "hybridstu.int8.onnx", "sha256": "...", "precision": "int8",
+                                "calibration": {...}, "checks": {...}}},   # optional
           ...                                         # optional: cache_key, checks, slimmed
         }, ...
       },
@@ -30,6 +32,9 @@
 
 Input order in ``inputs`` is the graph's call order. ``reference`` (fp16 exports only) names the
 fp32 graph the fp16 one was checked against; a backend without fp16 support can load it instead.
+``variants`` (``unmix-export --int8``) names other graphs of the same network with the same I/O, by
+precision: ``int8`` is the fp32 graph after post-training static quantisation (QDQ), calibrated on
+the training scene. ``Manifest.network_file(name, precision)`` picks one.
 
 Checks. :func:`load_manifest` validates the whole document (keys, types, shapes, ranges, and that
 every file name stays inside the model folder: no absolute path, no ``..``, no symlink that resolves
@@ -78,7 +83,10 @@ __all__ = [
 
 MANIFEST_FORMAT = "unmix-manifest/1"
 MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16")
+#: Precisions of graph files (a graph's arithmetic; its inputs and outputs are float32 in all).
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Those a graph may have only as a variant of an fp32 or fp16 entry.
+VARIANT_PRECISIONS = ("int8",)
 WAVELENGTH_TOLERANCE_NM = 1.0
 WAVELENGTH_TOLERANCE_FRACTION = 0.1
 #: The inference settings a manifest must give (the others keep PipelineConfig's defaults).
@@ -125,9 +133,10 @@ class NetworkEntry:
         path: the absolute path of the file.
         sha256: the file's expected sha256 (hex).
         opset: the ONNX opset of the graph.
-        precision: ``fp32`` or ``fp16`` (the graph's arithmetic; inputs and outputs are float32).
+        precision: ``fp32``, ``fp16`` or ``int8`` (the graph's arithmetic; inputs and outputs are float32).
         inputs, outputs: name -> :class:`TensorSpec`, inputs in call order.
         reference: the fp32 graph an fp16 one was checked against, or None.
+        variants: precision -> another graph of this network with the same I/O (``int8``), possibly empty.
         extra: the entry's other keys (``cache_key``, ``checks``, ...), as written.
     """
 
@@ -141,6 +150,16 @@ class NetworkEntry:
     outputs: dict[str, TensorSpec]
     reference: "NetworkEntry | None" = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    variants: dict[str, "NetworkEntry"] = field(default_factory=dict, repr=False, compare=False)
+
+    def graphs(self) -> dict[str, "NetworkEntry"]:
+        """Every graph of this network by precision: the entry's own, its reference, its variants."""
+        found = {self.precision: self}
+        if self.reference is not None:
+            found.setdefault(self.reference.precision, self.reference)
+        for precision, variant in self.variants.items():
+            found.setdefault(precision, variant)
+        return found
 
     @property
     def spec(self) -> NetworkSpec:
@@ -203,18 +222,19 @@ class Manifest:
     def network_file(self, name: str, precision: str | None = None) -> Path:
         """The path of network ``name``'s graph after checking its sha256 (once per process).
 
-        ``precision``: None for the manifest's choice, ``"fp32"`` for the fp32 reference graph of an
-        fp16 export (or the graph itself when it is fp32).
+        ``precision``: None for the manifest's choice; ``"fp32"`` for the fp32 reference graph of an
+        fp16 export (or the graph itself when it is fp32); ``"int8"`` for the quantised variant.
         """
         entry = self.network(name)
         if precision not in (None, entry.precision):
             if precision not in PRECISIONS:
                 raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-            if entry.reference is None or entry.reference.precision != precision:
-                raise ManifestError(self.path, f"networks.{name}.reference",
-                                    f"a {precision} graph of {name!r} (the manifest has only {entry.precision})",
-                                    show_got=False)
-            entry = entry.reference
+            graphs = entry.graphs()
+            if precision not in graphs:
+                hint = " (export it with unmix-export --int8)" if precision == "int8" else ""
+                raise ManifestError(self.path, f"networks.{name}", f"the {precision} graph of {name!r}{hint}; the "
+                                    f"manifest has {', '.join(graphs)}", show_got=False)
+            entry = graphs[precision]
         self._verify(entry, name)
         return entry.path
 
@@ -222,8 +242,8 @@ class Manifest:
         """Check every network file's sha256 now (``InputError`` on the first mismatch)."""
         for name, entry in self.networks.items():
             self._verify(entry, name)
-            if entry.reference is not None:
-                self._verify(entry.reference, name)
+            for graph in entry.graphs().values():
+                self._verify(graph, name)
 
     def _verify(self, entry: NetworkEntry, name: str) -> None:
         if entry.path in self._verified:
@@ -330,7 +350,7 @@ def _contained_file(check: _Checker, model_dir: Path, value: Any, key: str) -> P
 
 
 def _network_entry(check: _Checker, model_dir: Path, name: str, data: Any, key: str,
-                   reference: bool = False) -> NetworkEntry:
+                   reference: bool = False, precisions: tuple[str, ...] = ("fp32", "fp16")) -> NetworkEntry:
     required = ("file", "sha256", "precision") if reference else (
         "file", "sha256", "opset", "precision", "inputs", "outputs")
     check.mapping(data, key, required)
@@ -338,8 +358,8 @@ def _network_entry(check: _Checker, model_dir: Path, name: str, data: Any, key: 
     sha = data["sha256"]
     if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         check.fail(f"{key}.sha256", "64 lowercase hex digits", sha)
-    if data["precision"] not in PRECISIONS:
-        check.fail(f"{key}.precision", f"one of {', '.join(PRECISIONS)}", data["precision"])
+    if data["precision"] not in precisions:
+        check.fail(f"{key}.precision", f"one of {', '.join(precisions)}", data["precision"])
     if reference:
         return NetworkEntry(name=name, file=data["file"], path=path, sha256=sha, opset=0,
                             precision=data["precision"], inputs={}, outputs={}, extra=dict(data))
@@ -351,9 +371,23 @@ def _network_entry(check: _Checker, model_dir: Path, name: str, data: Any, key: 
         ref = _network_entry(check, model_dir, name, data["reference"], f"{key}.reference", reference=True)
         ref = NetworkEntry(name=name, file=ref.file, path=ref.path, sha256=ref.sha256, opset=opset,
                            precision=ref.precision, inputs=inputs, outputs=outputs, extra=ref.extra)
-    extra = {k: v for k, v in data.items() if k not in required and k != "reference"}
+    variants = {}
+    if data.get("variants") is not None:
+        table = data["variants"]
+        if not isinstance(table, dict):
+            check.fail(f"{key}.variants", "an object: precision -> {file, sha256, precision}", table)
+        for precision, item in table.items():
+            where = f"{key}.variants.{precision}"
+            if precision not in VARIANT_PRECISIONS:
+                check.fail(f"{key}.variants", f"precisions among {', '.join(VARIANT_PRECISIONS)}", precision)
+            variant = _network_entry(check, model_dir, name, item, where, reference=True, precisions=(precision,))
+            variants[precision] = NetworkEntry(name=name, file=variant.file, path=variant.path, sha256=variant.sha256,
+                                               opset=opset, precision=precision, inputs=inputs, outputs=outputs,
+                                               extra=variant.extra)
+    extra = {k: v for k, v in data.items() if k not in required and k not in ("reference", "variants")}
     return NetworkEntry(name=name, file=data["file"], path=path, sha256=sha, opset=opset,
-                        precision=data["precision"], inputs=inputs, outputs=outputs, reference=ref, extra=extra)
+                        precision=data["precision"], inputs=inputs, outputs=outputs, reference=ref, extra=extra,
+                        variants=variants)
 
 
 def parse_manifest(data: Any, model_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Manifest:

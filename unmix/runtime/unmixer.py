@@ -64,6 +64,12 @@ class Unmixer:
         self.backend = backend
         self.schedule = Schedule.from_config(manifest.schedule)
 
+    @property
+    def precision(self) -> str:
+        """The precision the networks run at (``fp32``, ``fp16``, ``bf16``, ``int8``; ``mixed`` if they differ)."""
+        found = {getattr(network, "precision", None) or "fp32" for network in self.networks.values()}
+        return found.pop() if len(found) == 1 else "mixed"
+
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "onnxruntime", threads: int | None = None,
              device: str | None = None, precision: str | None = None) -> "Unmixer":
@@ -71,7 +77,9 @@ class Unmixer:
         :data:`unmix.runtime.backends.BACKENDS`).
 
         ``threads`` bounds the backend's CPU threads; ``device`` is ``cpu``, ``cuda``, ... (None: the
-        backend's default device).
+        backend's default device). ``precision``: ``fp32``, ``fp16``, ``bf16`` or ``int8``
+        (:data:`unmix.runtime.backends.RUN_PRECISIONS`; None: the manifest's graphs); ``precision``
+        of the Unmixer says what runs.
         """
         from unmix.runtime.backends import load_networks
 

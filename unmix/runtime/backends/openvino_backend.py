@@ -2,8 +2,10 @@
 
 Devices: ``cpu`` (default), ``gpu``, ``npu`` (OpenVINO device names, upper-cased). The inference
 precision hint is f32, so results stay comparable with the fp32 graph (without it OpenVINO runs
-bf16 on CPUs with AMX or AVX-512 BF16, and fp16 on GPUs); ``threads`` sets ``INFERENCE_NUM_THREADS``
-on the CPU. An fp16 graph runs with its fp16 weights widened to f32 under that hint.
+bf16 on CPUs with AMX or AVX-512 BF16, and fp16 on GPUs), unless ``bf16=True`` asks for bf16 (the
+CPU must report BF16 among its optimisation capabilities, else the call is refused); ``threads`` sets
+``INFERENCE_NUM_THREADS`` on the CPU. An fp16 graph runs with its fp16 weights widened to f32 under
+the f32 hint; an int8 (QDQ) graph runs OpenVINO's int8 kernels.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ class OpenVinoNetwork:
         self._ports = dict(output_ports)
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
+        self.precision: str | None = None     # set by load_network: the precision this graph runs at
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.name, self.inputs, feeds, "input")
@@ -99,8 +102,10 @@ def _shape(partial_shape) -> tuple:
 
 
 def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec],
-                 threads: int | None = None, device: str = "cpu", name: str = "network") -> OpenVinoNetwork:
-    """Read and compile the graph and check its I/O against the declared specs."""
+                 threads: int | None = None, device: str = "cpu", name: str = "network",
+                 bf16: bool = False) -> OpenVinoNetwork:
+    """Read and compile the graph and check its I/O against the declared specs (``bf16``: bfloat16
+    arithmetic through the inference precision hint)."""
     ov = _import()
     target = _DEVICES.get(device)
     if target is None:
@@ -121,12 +126,15 @@ def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[
 
     check_graph_io(path, "input", graph(model.inputs), inputs)
     check_graph_io(path, "output", graph(model.outputs), outputs)
-    config: dict = {"INFERENCE_PRECISION_HINT": "f32"}
+    config: dict = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
     if target == "CPU" and threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     if target not in core.available_devices:
         raise UsageError(f"OpenVINO device {target!r} is not available here "
                          f"(available: {', '.join(core.available_devices) or 'none'})")
+    if bf16 and "BF16" not in core.get_property(target, "OPTIMIZATION_CAPABILITIES"):
+        raise UsageError(f"OpenVINO's {target} device here has no bf16 arithmetic (its capabilities: "
+                         f"{', '.join(core.get_property(target, 'OPTIMIZATION_CAPABILITIES'))}); use fp32")
     try:
         compiled = core.compile_model(model, target, config)
     except Exception as exc:
@@ -137,4 +145,6 @@ def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[
         if port is None:  # check_graph_io found it by name, so this cannot happen for a valid graph
             raise InputError(f"{path}: the compiled graph has no output {key!r}")
         ports[key] = port
-    return OpenVinoNetwork(name, path, compiled, inputs, outputs, device, ports)
+    network = OpenVinoNetwork(name, path, compiled, inputs, outputs, device, ports)
+    network.precision = "bf16" if bf16 else None
+    return network
