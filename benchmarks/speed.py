@@ -24,6 +24,12 @@ What it measures (every timed run is a fresh process, so no other backend's thre
    turns for ``--repeat`` rounds and keeping each one's fastest run (all runs and the load average
    before each are listed). ``pipeline.speedup_vs_torch`` = best backend px/s / eager torch px/s.
    Each network alone (fixed feeds, ``--calls`` calls, best of 3) gives ms per call and achieved FLOP/s.
+4b. **Precision**: the pipeline at fp32 on both CPU backends, bf16 on OpenVINO (where the CPU has it) and
+   the int8 graphs (``unmix-export --int8``, calibrated on the model's training scene) on both, in
+   turns; px/s also scaled to a 205 GFLOP/s fp32 peak (px/s x 205e9 / the measured fp32 peak) so that
+   runs on machines of different speed compare. The peak step also measures torch's bf16 matmul rate.
+4c. **Bands**: the same at 224 bands (a model trained and exported for them), both backends in fp32 and
+   the best precision of 4b.
 5. **DDIM steps K** (1, 5, 10, 25) on the best backend, same cube, one run each.
 6. **Cube size**: 200-band ENVI cubes on disk (cached under /tmp/unmix-speed-cache), 256² .. 1024² on
    ONNX Runtime, OpenVINO, eager torch and C++ (eager torch up to ``--torch-max-size``, default 1024,
@@ -32,8 +38,13 @@ What it measures (every timed run is a fresh process, so no other backend's thre
    rate, which would push the command past 20 minutes), each run's peak RSS from the child itself (``VmHWM``); then
    ``unmix-run`` (the edge command, torch made unimportable) with the best backend on 256² and 2048²
    under ``/usr/bin/time -v`` (peak RSS, the target: flat in cube size and below 1.5 GiB).
+   The size series ends with the C++ runtime's peak RSS (its own VmHWM) on the smallest and the large cube:
+   the whole-cube call (``unmix_run_ex``, the cube in memory; also net of the cube and the output buffers)
+   and the file entry point (``unmix_run_file``, rows read from the ENVI file and written out as they finish).
 7. **VCA + FCLS** (``unmix.physics.vca`` then ``unmix.physics.fcls``) px/s on the same cube and threads.
-8. **Targets** (``targets`` in the JSON): speedup >= 3; >= 30 % of peak FLOP/s in the refinement
+8. **Training**: the default preset on Samson (``benchmarks/train_time.py``), seconds per stage.
+9. **Targets**: performance v2's (README's table: scaled px/s, refinement share of the peak, training
+   seconds, C++ memory), then the earlier ones (``targets`` in the JSON): speedup >= 3; >= 30 % of peak FLOP/s in the refinement
    networks together with >= 20,000 px/s for the whole pipeline; memory flat in cube size; and the
    FLOP/s a push-broom line of 640 pixels at 250 lines/s (160,000 px/s) needs, against Jetson Orin
    figures with their sources.
@@ -106,10 +117,12 @@ def main() -> None:
         results["peak"] = run.peak()
         results["pipeline"] = run.pipeline()
         results["precisions"] = run.precisions()
+        results["bands"] = run.bands()
         results["networks"] = run.networks()
         results["steps"] = run.steps()
         results["sizes"] = run.sizes()
         results["vca_fcls"] = run.vca_fcls()
+        results["training"] = run.training()
     results["targets"] = targets(results, run.peak_rate)
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     results["benchmark_wall_s"] = round(time.perf_counter() - started, 1)

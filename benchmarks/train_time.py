@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="+", default=["tiny", "default"], choices=["tiny", "default", "full"])
     parser.add_argument("--scene", default="samson", help="benchmark name or ENVI path (default samson)")
     parser.add_argument("--endmembers", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_time.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     results = {"command": "python benchmarks/train_time.py " + " ".join(argv or sys.argv[1:]),
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             results["presets"][preset] = {"wall_s": wall, "stages_s": result.summary["timings"],
                                           "models": model_sizes(Path(tmp) / "run")}
         print(f"{preset}: {wall:.1f} s", file=sys.stderr)
-    out = ROOT / "benchmarks" / "results" / "train_time.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -43,21 +43,30 @@ def _max_rss_gib(stderr: str) -> float | None:
     return None if found is None else round(int(found.group(1)) * 1024 / GIB, 3)
 
 
-def time_cpp(tool: Path, model: Path, header: Path, settings: dict, threads: int, work: Path, repeat: int = 2) -> dict:
-    """One fresh unmix_run_raw process (OpenVINO): the best of ``repeat`` unmix_run calls on the cube
-    (the tool reads the whole cube into memory first; its peak RSS includes it)."""
+def time_cpp(tool: Path, model: Path, header: Path, settings: dict, threads: int, work: Path, repeat: int = 2,
+             file: bool = False) -> dict:
+    """One fresh unmix_run_raw process (OpenVINO): the best of ``repeat`` whole-cube calls on the cube (the
+    tool reads the whole cube into memory first; its peak RSS includes it), or with ``file`` the file entry
+    point (``unmix_run_file``: row windows read from the ENVI file, rows written out as they finish, the
+    passes' abundances in a scratch file). ``peak_rss_gib``: the tool's own VmHWM."""
     passed = {k: (int(v) if isinstance(v, bool) else v) for k, v in settings.items() if k in CPP_SETTINGS}
-    command = [str(tool), str(model), "openvino", str(header), str(work / "cpp"), f"threads={threads}",
-               f"repeat={repeat}", *(f"{k}={v}" for k, v in passed.items())]
+    command = [str(tool), str(model), "openvino", str(header), str(work / "cpp"), *(["--file"] if file else []),
+               f"threads={threads}", f"repeat={repeat}", *(f"{k}={v}" for k, v in passed.items())]
     gnu_time = _gnu_time()
     done = subprocess.run([gnu_time, "-v", *command] if gnu_time else command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"speed.py: unmix_run_raw failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    H, W, _, _, seconds = done.stdout.split()[:5]
+    H, W, B, p, seconds, vm_hwm_kib = done.stdout.split()[:6]
     for leftover in work.glob("cpp.*"):
         leftover.unlink()
+    peak = int(vm_hwm_kib) * 1024 / GIB if int(vm_hwm_kib) > 0 else (_max_rss_gib(done.stderr) if gnu_time else None)
+    cube_gib = int(H) * int(W) * int(B) * 4 / GIB
+    buffers_gib = int(H) * int(W) * (int(p) + 2) * 4 / GIB     # abundances, rmse, uncertainty the caller holds
     return {"px_per_s": int(H) * int(W) / float(seconds), "best_total_s": round(float(seconds), 3),
-            "total_s": [round(float(seconds), 3)], "peak_rss_gib": _max_rss_gib(done.stderr) if gnu_time else None,
+            "total_s": [round(float(seconds), 3)], "peak_rss_gib": None if peak is None else round(peak, 3),
+            "entry": "unmix_run_file" if file else "unmix_run_ex (whole cube in memory)",
+            "peak_rss_minus_cube_and_outputs_gib": (None if peak is None or file
+                                                    else round(peak - cube_gib - buffers_gib, 3)),
             "tool": str(tool), "settings_passed": passed,
             "not_passed": sorted(k for k in settings if k not in CPP_SETTINGS and k != "tile")}
 

@@ -101,16 +101,16 @@ def _timings(result, pixels: int) -> dict:
 
 
 def time_pipeline(name: str, checkpoint: Path, model: Path, size: int, threads: int, repeat: int,
-                  steps: int | None = None, header: str | None = None) -> dict:
-    """The whole pipeline on a synthetic in-memory cube (or the ENVI ``header``, read lazily), after a
-    64 x 64 warm-up run; the fastest of ``repeat`` runs."""
+                  steps: int | None = None, header: str | None = None, bands: int | None = None) -> dict:
+    """The whole pipeline on a synthetic in-memory cube of ``bands`` bands (default 156; or the ENVI
+    ``header``, read lazily), after a 64 x 64 warm-up run; the fastest of ``repeat`` runs."""
     from unmix.io.envi import read_cube
     from unmix.runtime.pipeline import run_pipeline
 
     networks, schedule, settings, endmembers = open_backend(name, checkpoint, model, threads)
     if steps is not None:
         settings = type(settings).from_dict(settings.to_dict(), steps=steps)
-    scene = read_cube(header) if header else synthetic_scene(size, BANDS)
+    scene = read_cube(header) if header else synthetic_scene(size, bands or BANDS)
     run_pipeline(synthetic_scene(64, scene.shape[2], seed=5), networks, schedule, settings, endmembers=endmembers)
     runs = [run_pipeline(scene, networks, schedule, settings, endmembers=endmembers) for _ in range(repeat)]
     best = min(runs, key=lambda r: r.timings["total_s"])

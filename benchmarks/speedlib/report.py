@@ -21,6 +21,12 @@ TARGET_PX_PER_S = 20_000
 TARGET_MEMORY_RATIO = 1.25
 #: The largest peak RSS of unmix-run the memory target allows, in GiB.
 MEMORY_TARGET_GIB = 1.5
+#: Performance v2: an AVIRIS-NG line (about 600 px x 100 lines/s) on 2 cores, px/s scaled to a 205 GFLOP/s
+#: fp32 peak; the refinement's share of the fp32 peak; default training seconds; C++ memory growth.
+TARGET_V2_PX_PER_S = 60_000
+TARGET_V2_PEAK_FRACTION = 0.60
+TARGET_V2_TRAIN_S = 60.0
+TARGET_V2_RUN_RSS_GIB = 0.5
 #: A push-broom line of 640 pixels at 250 lines per second.
 PUSHBROOM_WIDTH, PUSHBROOM_LINES_PER_S = 640, 250
 
@@ -142,6 +148,53 @@ def targets(results: dict, peak: float) -> dict:
     return found
 
 
+def targets_v2(results: dict) -> list[tuple[str, str, str]]:
+    """(target, value, met) rows of performance v2 from this run's figures."""
+    rows = []
+    precisions = results.get("precisions")
+    if precisions:
+        best = precisions["best"]
+        value = precisions["best_px_per_s_scaled_to_205_gflops"]
+        rows.append((f"default pipeline, best backend and precision, {precisions['cube'][0]}²×{precisions['cube'][2]}, "
+                     f">= {TARGET_V2_PX_PER_S:,} px/s scaled to 205 GFLOP/s",
+                     f"{value:,.0f} ({best}; {precisions['best_px_per_s']:,.0f} px/s measured)",
+                     "yes" if value >= TARGET_V2_PX_PER_S else "no"))
+    r = results["targets"]["refinement_peak_fraction_and_px_per_s"]
+    rows.append((f"refinement share of the fp32 peak >= {TARGET_V2_PEAK_FRACTION:.0%}",
+                 f"{r['peak_fraction']:.1%} ({r['backend']})", "yes" if r["peak_fraction"] >= TARGET_V2_PEAK_FRACTION else "no"))
+    training = results.get("training")
+    if training:
+        rows.append((f"default training, one scene ({training['scene']}), {training['threads']} threads, <= {TARGET_V2_TRAIN_S:g} s",
+                     f"{training['wall_s']:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in training["stages_s"].items()) + ")",
+                     "yes" if training["wall_s"] <= TARGET_V2_TRAIN_S else "no"))
+    sizes = results["sizes"]
+    memory = sizes.get("cpp_memory", {})
+    runs = sizes["unmix_run"]["runs"]
+    file_rows = memory.get("unmix_run_file", {})
+    if len(file_rows) > 1:
+        sides = sorted(file_rows, key=int)
+        small, large = file_rows[sides[0]]["peak_rss_gib"], file_rows[sides[-1]]["peak_rss_gib"]
+        python = runs.get(sides[-1], {}).get("peak_rss_gib")
+        met = large / small <= TARGET_MEMORY_RATIO and python is not None and large <= python
+        rows.append((f"C++ file entry, peak RSS {sides[0]}² → {sides[-1]}² <= {TARGET_MEMORY_RATIO}x and <= Python's",
+                     f"{small:.3f} → {large:.3f} GiB ({large / small:.2f}x; unmix-run {fmt(python, '.3f')} GiB)",
+                     "yes" if met else "no"))
+    whole = memory.get("unmix_run_ex (whole cube in memory)", {})
+    if len(whole) > 1:
+        sides = sorted(whole, key=int)
+        small = whole[sides[0]]["peak_rss_minus_cube_and_outputs_gib"]
+        large = whole[sides[-1]]["peak_rss_minus_cube_and_outputs_gib"]
+        rows.append((f"C++ whole-cube call, peak RSS minus the cube and output buffers, flat (<= {TARGET_MEMORY_RATIO}x)",
+                     f"{small:.3f} → {large:.3f} GiB ({large / small:.2f}x)",
+                     "yes" if large / small <= TARGET_MEMORY_RATIO else "no"))
+    large_runs = sorted(runs, key=int)
+    if len(large_runs) > 1:
+        value = runs[large_runs[-1]]["peak_rss_gib"]
+        rows.append((f"unmix-run peak RSS {large_runs[-1]}²×{sizes['bands']} < {TARGET_V2_RUN_RSS_GIB} GiB",
+                     f"{value:.3f} GiB", "yes" if value < TARGET_V2_RUN_RSS_GIB else "no"))
+    return rows
+
+
 def markdown(results: dict) -> str:
     pipe = results["pipeline"]
     H, W, B = pipe["cube"]
@@ -206,6 +259,14 @@ def markdown(results: dict) -> str:
                          f"{fmt(calls.get('hybridstu'), '.1f')} | {fmt(calls.get('abundance_step'), '.1f')} |")
         for name, why in precisions.get("skipped", {}).items():
             lines.append(f"| {name} | skipped: {why} | – | – | – | – |")
+    bands = results.get("bands")
+    if bands:
+        names = list(next(iter(bands["px_per_s"].values())))
+        lines += ["", f"Band count ({bands['cube_side']}² cube; px/s, and scaled to 205 GFLOP/s in brackets):", "",
+                  "| bands | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+        for count, row in bands["px_per_s"].items():
+            scaled = bands["px_per_s_scaled_to_205_gflops"][count]
+            lines.append(f"| {count} | " + " | ".join(f"{row[n]:,.0f} ({scaled[n]:,.0f})" for n in names) + " |")
     lines += ["", "Each network alone (ms per call; GFLOP/s; % of peak):", "",
               "| network | " + " | ".join(results["networks"]["timed_model"]) + " |",
               "|---|" + "---:|" * len(results["networks"]["timed_model"])]
@@ -240,7 +301,9 @@ def markdown(results: dict) -> str:
     for side, run in sizes["unmix_run"]["runs"].items():
         lines.append(f"| unmix-run {sizes['unmix_run']['backend']} {side}² (no torch) | {fmt(run['px_per_s'])} px/s, "
                      f"peak RSS {run['peak_rss_gib']:.2f} GiB, wall {run['wall_s']:.0f} s |" + " |" * (len(sides) - 1))
-    lines += ["", "Targets:", "", "| target | value | met |", "|---|---|---|"]
+    lines += ["", "Targets (performance v2):", "", "| target | value | met |", "|---|---|---|"]
+    lines += [f"| {target} | {value} | {met} |" for target, value, met in targets_v2(results)]
+    lines += ["", "Earlier targets:", "", "| target | value | met |", "|---|---|---|"]
     t = results["targets"]
     ceiling = t["speedup_vs_torch"]["ceiling_at_measured_peak"]
     lines.append(f"| speedup vs eager torch >= {TARGET_SPEEDUP:g}x | {t['speedup_vs_torch']['value']:.2f}x "

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import BANDS, NETWORKS, REFINEMENT, SERIES_BANDS, TILE
+from .common import ROOT, BANDS, NETWORKS, REFINEMENT, SERIES_BANDS, TILE
 from .cpp import cpp_runner, time_cpp, unmix_run
 from .data import disk_cube, synthetic_scene
 from .flops import count_flops, pipeline_flops
@@ -159,10 +159,29 @@ class SpeedRun:
             entry.pop("settings", None)
             entry["px_per_s_scaled_to_205_gflops"] = entry["px_per_s"] * REFERENCE_PEAK / self.peak_rate
         best = max(rows, key=lambda n: rows[n]["px_per_s"])
+        self.precision_rows = rows
+        self.band_names = list(dict.fromkeys(["onnxruntime", "openvino", best]))
         return {"cube": [size, size, BANDS], "reference_peak_flops_per_s": REFERENCE_PEAK, "skipped": skipped,
                 "measured_fp32_peak_flops_per_s": self.peak_rate, "rows": rows, "best": best,
                 "best_px_per_s": rows[best]["px_per_s"],
                 "best_px_per_s_scaled_to_205_gflops": rows[best]["px_per_s_scaled_to_205_gflops"]}
+
+    def bands(self, counts: tuple[int, ...] = (224,)) -> dict:
+        """4c. The pipeline with more bands (a model trained and exported for each count): the two CPU
+        backends in fp32 and the best precision of 4b, on a cube of the same side."""
+        plan, threads, size = self.plan, self.plan.threads, self.plan.size
+        rows = {str(BANDS): {name: self.precision_rows[name]["px_per_s"] for name in self.band_names}}
+        for count in counts:
+            model = Model(*trained(self.work, count, "tiny", threads, self.log))
+            rows[str(count)] = {}
+            for name in self.band_names:
+                entry = run_child("pipeline", name, model.checkpoint, model.directory, size, threads, 1, "-", "-",
+                                  str(count), threads=threads)
+                rows[str(count)][name] = entry["px_per_s"]
+                self.log(f"{count} bands, {name}: {entry['px_per_s']:,.0f} px/s")
+        return {"cube_side": size, "px_per_s": rows,
+                "px_per_s_scaled_to_205_gflops": {b: {n: v * REFERENCE_PEAK / self.peak_rate for n, v in r.items()}
+                                                  for b, r in rows.items()}}
 
     def _networks_alone(self, backend: str, model: Model) -> dict:
         return run_child("networks", backend, model.checkpoint, model.directory, self.plan.threads, self.plan.calls,
@@ -257,11 +276,44 @@ class SpeedRun:
             cli_runs[str(side)] = unmix_run(header, model.directory, threads, self.best, log)
             log(f"unmix-run {side}^2: {fmt(cli_runs[str(side)]['px_per_s'])} px/s, "
                 f"peak RSS {cli_runs[str(side)]['peak_rss_gib']:.2f} GiB")
+        cpp_memory = {}
+        if self.cpp_tool:                          # the C++ whole-cube call and file entry point, peak RSS
+            for side in [plan.sizes[0]] + ([] if plan.quick or plan.skip_large else [plan.large_size]):
+                header, cubes[str(side)] = disk_cube(side, plan.series_bands, log)
+                for file in (False, True):
+                    entry = time_cpp(self.cpp_tool, model.directory, header, self.settings, threads, self.work,
+                                     repeat=1, file=file)
+                    cpp_memory.setdefault(entry["entry"], {})[str(side)] = {
+                        k: entry[k] for k in ("px_per_s", "best_total_s", "peak_rss_gib",
+                                              "peak_rss_minus_cube_and_outputs_gib")}
+                    log(f"C++ {entry['entry']} {side}^2: {entry['px_per_s']:,.0f} px/s, peak RSS "
+                        f"{fmt(entry['peak_rss_gib'], '.3f')} GiB")
         return {"bands": plan.series_bands, "model": model.facts, "cubes": cubes, "backends": series,
+                "cpp_memory": cpp_memory,
                 "unmix_run": {"backend": self.best, "runs": cli_runs},
                 "note": "pipeline rows: one run each in a fresh process after a 64^2 warm-up, the cube "
                         "read lazily from disk, peak RSS of that process (torch's includes torch); cpp "
                         "rows: unmix_run_raw, which reads the whole cube into memory first"}
+
+    def training(self) -> dict:
+        """9. The default preset trained on Samson (benchmarks/train_time.py in a child process, all
+        cores), seconds per stage: the engine and HybridSTU (cnn_s), the 1D and 2D diffusion networks."""
+        import json
+        import subprocess
+        import sys
+
+        out = self.work / "train_time.json"
+        command = [sys.executable, str(ROOT / "benchmarks" / "train_time.py"), "--presets", "default", "--out", str(out)]
+        load = os.getloadavg()[0]
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if done.returncode != 0:
+            raise SystemExit(f"speed.py: train_time.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        found = json.loads(out.read_text())
+        entry = found["presets"]["default"]
+        self.log(f"default preset on {found['scene']}: {entry['wall_s']:.1f} s "
+                 f"({', '.join(f'{k} {v:.1f}' for k, v in entry['stages_s'].items())})")
+        return {"scene": found["scene"], "preset": "default", "threads": found["machine"]["threads"],
+                "wall_s": entry["wall_s"], "stages_s": entry["stages_s"], "load_average_1min_before": round(load, 2)}
 
     def vca_fcls(self) -> dict:
         """7. VCA + FCLS on the pipeline's cube and threads."""

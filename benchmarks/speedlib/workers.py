@@ -34,10 +34,11 @@ def run_child(kind: str, *args, threads: int) -> dict:
 
 def worker(argv: list[str]) -> None:
     kind, rest = argv[0], argv[1:]
-    if kind == "pipeline":      # name checkpoint model size threads repeat steps|- header|-
-        name, checkpoint, model, size, threads, repeat, steps, header = rest
+    if kind == "pipeline":      # name checkpoint model size threads repeat steps|- header|- [bands]
+        name, checkpoint, model, size, threads, repeat, steps, header = rest[:8]
         found = time_pipeline(name, Path(checkpoint), Path(model), int(size), int(threads), int(repeat),
-                              None if steps == "-" else int(steps), None if header == "-" else header)
+                              None if steps == "-" else int(steps), None if header == "-" else header,
+                              bands=int(rest[8]) if len(rest) > 8 else None)
     elif kind == "networks":    # name checkpoint model threads calls
         name, checkpoint, model, threads, calls = rest
         found = time_networks(name, Path(checkpoint), Path(model), int(threads), int(calls))
