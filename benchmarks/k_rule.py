@@ -181,7 +181,13 @@ def markdown(results: dict) -> str:
                  f"t0 = {t0}: K = {v['K']} (strict: {v['K_strict']})" for t0, v in results["per_t0"].items()) + ".",
              "", "t0 sensitivity (K = 50 output at t0 vs at the default t0, RMS abundance distance): " + ", ".join(
                  f"t0 = {t0}: max {v['max']:.5f}" for t0, v in results["t0_sensitivity"].items())
-             + f" → {results['t0_note']}", ""]
+             + f" → {results['t0_note']}", "",
+             "Truth, for reporting only (after the choice), at the default t0: " + "; ".join(
+                 f"K = {r['K']}: aRMSE mean {r['abundance_rmse_mean']:.4f}"
+                 for r in results["table"] if r["t0"] == results["chosen"]["t0"]
+                 and r["K"] in (min(results["ks"]), results["chosen"]["K"], results["current_default"]["steps"], 50))
+             + ". Distance to K = 50 measures convergence of the DDIM loop, not accuracy: where the chosen K's "
+             "aRMSE is above the smallest K's, running the loop longer moves the abundances away from the truth.", ""]
     header = ("| K | t0 | " + " | ".join(f"dist to K=50 {s}" for s in short) + " | dist max | "
               + " | ".join(f"aRMSE {s}" for s in short) + " | aRMSE mean | "
               + " | ".join(f"SAD ° {s}" for s in short) + " | SAD ° mean | recon RMSE mean | px/s median (loaded) |")
@@ -200,7 +206,11 @@ def markdown(results: dict) -> str:
               f"one run each with ONNX Runtime on CPU ({results['threads']} threads) on a shared machine under load "
               f"(load average {results['machine']['load_average_start'][0]:.1f} at start, "
               f"{results['machine']['load_average_end'][0]:.1f} at end): indicative only. eta = 0, seed 0. "
-              f"Made by `{results['command']}` in {results['total_s'] / 60:.1f} min."]
+              f"Made by `{results['command']}` in {results['total_s'] / 60:.1f} min; training (`default` preset) and "
+              "export per scene, on the same loaded machine: " + "; ".join(
+                  f"{s} {results['scenes'][n]['train']['train_s']:.0f} s + {results['scenes'][n]['train']['export_s']:.0f} s"
+                  + (" (reused from runs/k_rule)" if results['scenes'][n]['train']['cached'] else "")
+                  for s, n in zip(short, names)) + "."]
     return "\n".join(lines)
 
 
