@@ -60,7 +60,7 @@ def test_corpus_is_what_the_script_writes(tmp_path):
     copy.mkdir()
     shutil.copy(CORPUS / "make_corpus.py", copy)
     done = subprocess.run([sys.executable, str(copy / "make_corpus.py")], capture_output=True, text=True,
-                          env=cli_env(), timeout=120)
+                          env=cli_env(), timeout=1800)
     assert done.returncode == 0, done.stderr
 
     def files(folder: Path) -> dict[str, bytes]:
@@ -145,7 +145,7 @@ def run_batch(built, tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus-run") / "out"
     done = subprocess.run([*RUN, *(str(corpus_path(c)) for c in selected), "--model", str(built / "model"),
                            "--out", str(out), "--json", "--quiet", "--no-quicklook"],
-                          capture_output=True, text=True, env=cli_env(), timeout=300, cwd=out.parent)
+                          capture_output=True, text=True, env=cli_env(), timeout=1800, cwd=out.parent)
     assert "Traceback" not in done.stderr, done.stderr
     reports = json.loads(done.stdout)["runs"]
     assert len(reports) == len(selected)
@@ -262,7 +262,7 @@ def model_runs(built, tmp_path_factory):
         model = _model_variant(built, folder, case)
         done = subprocess.run([*RUN, str(built / "scene.hdr"), "--model", str(model), "--out", str(folder / "out"),
                                "--quiet", "--no-quicklook"], capture_output=True, text=True, env=cli_env(),
-                              timeout=120, cwd=folder)
+                              timeout=1800, cwd=folder)
         return case["name"], (done, folder)
 
     with ThreadPoolExecutor(2) as pool:
@@ -360,7 +360,7 @@ def test_unmix_train_refuses_a_pickled_checkpoint(built, tmp_path):
     checkpoint = _checkpoint_variant(built, tmp_path, case)
     done = subprocess.run([*TRAIN, str(built / "scene.hdr"), "-p", "3", "--stage", "abundance", "--out",
                            str(checkpoint), "--quiet", "--device", "cpu"], capture_output=True, text=True,
-                          env=cli_env(), timeout=120, cwd=tmp_path)
+                          env=cli_env(), timeout=1800, cwd=tmp_path)
     assert done.returncode == 65, done.stderr
     assert "not a readable safetensors" in done.stderr
     assert_clean_failure(done.stderr, "unmix-train")
@@ -404,7 +404,7 @@ def test_known_spectra_case(case):
 def test_unmix_train_refuses_bad_known_spectra(built, tmp_path):
     done = subprocess.run([*TRAIN, str(built / "scene.hdr"), "-p", "3", "--known", str(CORPUS / "known" / "ragged.csv"),
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, env=cli_env(),
-                          timeout=120, cwd=tmp_path)
+                          timeout=1800, cwd=tmp_path)
     assert done.returncode == 65 and "ragged.csv" in done.stderr
     assert_clean_failure(done.stderr, "unmix-train")
     assert not (tmp_path / "run").exists()
@@ -416,7 +416,7 @@ def test_unmix_train_refuses_bad_known_spectra(built, tmp_path):
 def bundle(built, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus-eval")
     done = subprocess.run([*RUN, str(built / "scene.hdr"), "--model", str(built / "model"), "--out", str(out),
-                           "--quiet", "--no-quicklook"], capture_output=True, text=True, env=cli_env(), timeout=120)
+                           "--quiet", "--no-quicklook"], capture_output=True, text=True, env=cli_env(), timeout=1800)
     assert done.returncode == 0, done.stderr
     return out / "scene"
 
@@ -426,7 +426,7 @@ def test_unmix_eval_on_corpus_truth(bundle, tmp_path, case):
     target = bundle.parent / case["bundle"] if "bundle" in case else bundle
     truth = corpus_path(case) if case["path"] else CORPUS / "truth" / "wrong_shape.npz"
     done = subprocess.run([*EVAL, str(target), "--truth", str(truth)], capture_output=True, text=True,
-                          env=cli_env(), timeout=120, cwd=tmp_path)
+                          env=cli_env(), timeout=1800, cwd=tmp_path)
     assert_clean_failure(done.stderr, "unmix-eval")
     assert not (tmp_path / MARKER).exists()
     assert done.returncode == case["exit"], done.stderr

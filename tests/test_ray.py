@@ -108,7 +108,7 @@ def test_ray_missing_names_the_extra(model, tmp_path):
     code = ("import sys; sys.modules['ray'] = None; sys.modules['torch'] = None; "
             "from unmix.runtime.cli import main; sys.argv[0] = 'unmix-run'; main()")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cube.hdr"), "--model", str(model),
-                           "--ray", "local"], capture_output=True, text=True, timeout=120,
+                           "--ray", "local"], capture_output=True, text=True, timeout=1800,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 2
     assert done.stderr.strip() == ("unmix-run: error: --ray needs Ray, which is not installed: "
@@ -119,7 +119,7 @@ def test_ray_unreachable_cluster_is_one_line(model, tmp_path):
     _need_ray()
     cube = _cubes(tmp_path)[0]
     done = run_cli("main", cube, "--model", model, "--out", tmp_path / "out", "--ray", "127.0.0.1:9",
-                   "--quiet", timeout=180)
+                   "--quiet", timeout=1800)
     assert done.returncode == 69, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unmix-run: error: --ray 127.0.0.1:9: cannot start or reach Ray")

@@ -21,7 +21,7 @@ NO_TORCH = ("import sys; sys.modules['torch'] = None; "
             "from unmix.runtime.cli import {entry}; sys.argv[0] = 'unmix'; {entry}()")
 
 
-def run_cli(entry: str, *args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+def run_cli(entry: str, *args, cwd=None, timeout=1800, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", NO_TORCH.format(entry=entry), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
@@ -233,13 +233,17 @@ def test_killed_run_leaves_no_partial_bundle(exported, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "unmix.runtime.cli", str(big), "--model", str(model),
                                 "--out", str(out), "--samples", "4", "--eta", "1", "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None and not list(out.glob(".big.tmp-*")):
+    # Wait for the staging folder for as long as the run lasts (a loaded machine may take many minutes to
+    # get there); the guard only ends a hung run.
+    guard = time.monotonic() + 3600
+    while process.poll() is None and not list(out.glob(".big.tmp-*")) and time.monotonic() < guard:
         time.sleep(0.005)
     staged = bool(list(out.glob(".big.tmp-*")))
+    finished = process.poll() is not None
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert staged, "the run finished before it could be interrupted while writing"
+    assert staged, ("the run finished before it could be interrupted while writing" if finished
+                    else "the run neither staged its bundle nor finished within an hour")
     assert not (out / "big").exists()
 
 
@@ -273,7 +277,7 @@ def test_two_cubes_with_one_bundle_name_are_refused_before_any_work(tmp_path):
     model.mkdir()
     done = subprocess.run([sys.executable, "-m", "unmix.runtime.cli", str(tmp_path / "a" / "scene.hdr"),
                            str(tmp_path / "b" / "scene.hdr"), "--model", str(model), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 2, done.stderr
     assert "would both write" in done.stderr and done.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -311,7 +315,7 @@ def test_unmix_run_refuses_a_bad_reestimate_sample(tmp_path, value):
     """Refused with one sentence naming the option, before the model or the cube is read."""
     done = subprocess.run([sys.executable, "-m", "unmix.runtime.cli", str(tmp_path / "scene.hdr"), "--model",
                            str(tmp_path / "model"), f"--reestimate-endmembers={value}"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 2, done.stderr
     assert "--reestimate-endmembers: expected a whole number of pixels >= 100" in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
@@ -336,7 +340,7 @@ def test_every_command_states_its_version():
         assert (done.returncode, done.stdout.strip()) == (0, f"{program} {unmix.__version__}"), done.stderr
     for module, program in [("unmix.train.cli", "unmix-train"), ("unmix.export.cli", "unmix-export")]:
         done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=1800)
         assert (done.returncode, done.stdout.strip()) == (0, f"{program} {unmix.__version__}"), done.stderr
 
 

@@ -211,7 +211,7 @@ def test_one_stage_reuses_the_others(tmp_path):
 
 def _run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "unmix.train.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=1800)
 
 
 def test_cli_trains_an_envi_cube(tmp_path):
@@ -256,7 +256,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_addr", "127.0.0.1", "--master_port", str(port),
                            str(ROOT / "tests" / "ddp_worker.py"), str(out)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = load_file(str(out))
 
@@ -280,7 +280,7 @@ def test_missing_torch_names_the_extra(tmp_path, module, program, extra):
     target = tmp_path / ("cube.hdr" if program == "unmix-train" else "checkpoint")
     code = (f"import sys; sys.modules['torch'] = None; sys.argv = ['{program}', {str(target)!r}, '--out', "
             f"{str(tmp_path / 'out')!r}] + (['-p', '3'] if '{program}' == 'unmix-train' else []); from {module} import main; main()")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=1800)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"{program}: error: {program} needs torch, which is not installed: "
                                    f"pip install 'unmix[{extra}]'")
