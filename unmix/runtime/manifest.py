@@ -51,7 +51,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -369,8 +369,7 @@ def _network_entry(check: _Checker, model_dir: Path, name: str, data: Any, key: 
     ref = None
     if data.get("reference") is not None:
         ref = _network_entry(check, model_dir, name, data["reference"], f"{key}.reference", reference=True)
-        ref = NetworkEntry(name=name, file=ref.file, path=ref.path, sha256=ref.sha256, opset=opset,
-                           precision=ref.precision, inputs=inputs, outputs=outputs, extra=ref.extra)
+        ref = replace(ref, opset=opset, inputs=inputs, outputs=outputs)   # the I/O of the graph it stands for
     variants = {}
     if data.get("variants") is not None:
         table = data["variants"]
@@ -381,9 +380,7 @@ def _network_entry(check: _Checker, model_dir: Path, name: str, data: Any, key: 
             if precision not in VARIANT_PRECISIONS:
                 check.fail(f"{key}.variants", f"precisions among {', '.join(VARIANT_PRECISIONS)}", precision)
             variant = _network_entry(check, model_dir, name, item, where, reference=True, precisions=(precision,))
-            variants[precision] = NetworkEntry(name=name, file=variant.file, path=variant.path, sha256=variant.sha256,
-                                               opset=opset, precision=precision, inputs=inputs, outputs=outputs,
-                                               extra=variant.extra)
+            variants[precision] = replace(variant, opset=opset, inputs=inputs, outputs=outputs)
     extra = {k: v for k, v in data.items() if k not in required and k not in ("reference", "variants")}
     return NetworkEntry(name=name, file=data["file"], path=path, sha256=sha, opset=opset,
                         precision=data["precision"], inputs=inputs, outputs=outputs, reference=ref, extra=extra,

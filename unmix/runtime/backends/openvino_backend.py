@@ -132,9 +132,10 @@ def open_network(path: Path, inputs: Mapping[str, TensorSpec], outputs: Mapping[
     if target not in core.available_devices:
         raise UsageError(f"OpenVINO device {target!r} is not available here "
                          f"(available: {', '.join(core.available_devices) or 'none'})")
-    if bf16 and "BF16" not in core.get_property(target, "OPTIMIZATION_CAPABILITIES"):
+    capabilities = core.get_property(target, "OPTIMIZATION_CAPABILITIES") if bf16 else ()
+    if bf16 and "BF16" not in capabilities:
         raise UsageError(f"OpenVINO's {target} device here has no bf16 arithmetic (its capabilities: "
-                         f"{', '.join(core.get_property(target, 'OPTIMIZATION_CAPABILITIES'))}); use fp32")
+                         f"{', '.join(capabilities)}); use fp32")
     try:
         compiled = core.compile_model(model, target, config)
     except Exception as exc:
